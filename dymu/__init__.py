@@ -8,8 +8,35 @@ preferred tasks and stays within the budget.
 from affinity.tree import Tree
 
 from . import backbones, metrics
+from .controller import BuildPlan, Controller
+from .derived import DerivedModel
+from .evaluation import EvaluationTable
 from .tasks import Task
+from .training import AnchorConfig, EdgeConfig, WeightConfig
+from hyper import RegulariserConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["Task", "Tree", "backbones", "metrics", "__version__"]
+
+
+def load(path, *, tasks=None, backbone=None, map_location="cpu") -> Controller:
+    """Load a controller saved with :meth:`Controller.save` (see :meth:`Controller.load`)."""
+    return Controller.load(path, tasks=tasks, backbone=backbone, map_location=map_location)
+
+
+__all__ = [
+    "AnchorConfig",
+    "BuildPlan",
+    "Controller",
+    "DerivedModel",
+    "EdgeConfig",
+    "EvaluationTable",
+    "RegulariserConfig",
+    "Task",
+    "Tree",
+    "WeightConfig",
+    "__version__",
+    "backbones",
+    "load",
+    "metrics",
+]

@@ -1,0 +1,160 @@
+"""Costing trees from a per-block cost table, and fitting a tree into a FLOP budget.
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products,
+a multiply-add counted as 2 FLOPs; BatchNorm, activations, pooling and interpolation are not counted.
+Since every node of a tree is one anchor block and every head one anchor head, a tree's FLOPs are the
+sum of its nodes' and heads' table entries, so costing a tree needs no forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics.cost import block_cost_table, count_flops, count_params
+
+__all__ = ["CostTable", "shrink_to_budget"]
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Per-image cost of every block (the same in every stream) and of every task's head.
+
+    Attributes:
+        block_flops, block_params: ``[L]``.
+        head_flops, head_params: ``[N]``, in task order.
+        input_shape: the per-image input shape ``(C, H, W)`` the FLOPs refer to.
+    """
+
+    block_flops: tuple[int, ...]
+    block_params: tuple[int, ...]
+    head_flops: tuple[int, ...]
+    head_params: tuple[int, ...]
+    input_shape: tuple[int, ...]
+
+    @classmethod
+    def measure(cls, anchor: nn.Module) -> CostTable:
+        """Count every block of stream 0 and every head of an :class:`~dymu.anchor.AnchorNet` at batch 1."""
+        backbone = anchor.backbone
+        shapes = backbone.block_shapes()
+        device = next(anchor.parameters()).device
+        blocks = block_cost_table(backbone.blocks, [s.input for s in shapes])
+        block_flops = [b.flops for b in blocks]
+        block_params = [b.params for b in blocks]
+        last = torch.zeros(1, *shapes[-1].output, device=device)
+        skips = [torch.zeros(1, *shapes[s].output, device=device) for s in backbone.skip_layers]
+        head_flops, head_params = [], []
+        for name in anchor.task_names:
+            head = anchor.heads[name]
+            head_flops.append(count_flops(head, last, *skips))
+            head_params.append(count_params(head))
+        return cls(
+            tuple(block_flops), tuple(block_params), tuple(head_flops), tuple(head_params),
+            (backbone.in_channels, *backbone.input_size),
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.block_flops)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.head_flops)
+
+    def tree_flops(self, assignment: Sequence[Sequence[int]]) -> int:
+        """Per-image FLOPs of a tree: each distinct node once, every head once."""
+        return sum(len(set(row)) * f for row, f in zip(assignment, self.block_flops)) + sum(self.head_flops)
+
+    def tree_params(self, assignment: Sequence[Sequence[int]]) -> int:
+        return sum(len(set(row)) * p for row, p in zip(assignment, self.block_params)) + sum(self.head_params)
+
+    @property
+    def anchor_flops(self) -> int:
+        """The full anchor: N streams and N heads."""
+        return self.n_tasks * sum(self.block_flops) + sum(self.head_flops)
+
+    @property
+    def anchor_params(self) -> int:
+        return self.n_tasks * sum(self.block_params) + sum(self.head_params)
+
+    @property
+    def min_flops(self) -> int:
+        """The cheapest tree: one stream shared by all tasks, plus the heads."""
+        return sum(self.block_flops) + sum(self.head_flops)
+
+    @property
+    def min_budget(self) -> float:
+        """The smallest budget (fraction of the anchor's FLOPs) any tree can meet."""
+        return self.min_flops / self.anchor_flops
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CostTable:
+        return cls(**{k: tuple(int(x) for x in v) for k, v in data.items()})
+
+
+def shrink_to_budget(
+    assignment: Sequence[Sequence[int]],
+    max_flops: float,
+    table: CostTable,
+    preference: Sequence[float],
+    affinity: np.ndarray,
+) -> list[list[int]]:
+    """Merge branches of a tree, least harmful first, until its FLOPs fit ``max_flops``.
+
+    [choice] The paper steers cost only softly; this makes the budget a guarantee. One merge at layer
+    ``l`` moves the tasks passing through node ``Y`` onto node ``X``'s path for layers ``0..l`` (their
+    nodes above ``l`` stay), which keeps the tree valid and frees at least one node. Among all merges,
+    the one with the least harm per FLOP saved is applied, where the harm of moving tasks ``M`` next to
+    tasks ``K`` is ``sum_{k in M} (r_k + 0.1 / N) * (1.05 - mean_{m in K} Aff(k, m)) * changed_layers(k) / L``:
+    low-preference tasks move first, onto their most similar tasks' features, changing few layers.
+    Greedy merging always reaches the single-stream tree, the cheapest there is.
+
+    Raises:
+        ValueError: when ``max_flops`` is below the single-stream tree's FLOPs.
+    """
+    if max_flops < table.min_flops:
+        raise ValueError(
+            f"no tree fits {max_flops:.0f} FLOPs: the cheapest (one stream plus the heads) needs {table.min_flops}"
+        )
+    rows = [list(row) for row in assignment]
+    n_layers, n_tasks = len(rows), len(rows[0])
+    r = np.asarray(preference, dtype=float)
+    aff = np.asarray(affinity, dtype=float)
+    cost = table.tree_flops(rows)
+    while cost > max_flops:
+        best: tuple[float, list[list[int]], int] | None = None
+        for layer in range(n_layers):
+            nodes = sorted(set(rows[layer]))
+            for target in nodes:
+                keep = [k for k in range(n_tasks) if rows[layer][k] == target]
+                target_path = [rows[m][keep[0]] for m in range(layer + 1)]
+                for source in nodes:
+                    if source == target:
+                        continue
+                    moved = [k for k in range(n_tasks) if rows[layer][k] == source]
+                    new = [row[:] for row in rows]
+                    harm = 0.0
+                    for k in moved:
+                        changed = sum(new[m][k] != target_path[m] for m in range(layer + 1))
+                        for m in range(layer + 1):
+                            new[m][k] = target_path[m]
+                        similarity = float(aff[k, keep].mean())
+                        harm += (r[k] + 0.1 / n_tasks) * (1.05 - similarity) * changed / n_layers
+                    new_cost = table.tree_flops(new)
+                    saved = cost - new_cost
+                    if saved <= 0:
+                        continue
+                    score = harm / saved
+                    if best is None or score < best[0]:
+                        best = (score, new, new_cost)
+        assert best is not None, "a tree with two nodes in some layer always has a saving merge"
+        _, rows, cost = best
+    return rows

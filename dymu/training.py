@@ -1,0 +1,427 @@
+"""The three training stages: single-task streams (stage 0), edge hypernet (1), weight hypernet (2).
+
+Each stage is a function of modules, data and a config; none keeps global state. Data is an iterable
+of ``(inputs [B, C, H, W], {task: target [B, ...]})`` batches, re-iterated as often as needed. Under
+``torchrun`` (``torch.distributed`` initialised) the trained module is wrapped in
+DistributedDataParallel; each rank must then see its own shard of the data, and it draws its own
+preferences (seeded by ``seed + rank``), so a step averages gradients over ``world_size`` preferences.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from hyper import (
+    EdgeHypernet,
+    RegulariserConfig,
+    TemperatureSchedule,
+    WeightHypernet,
+    branching_regulariser,
+    gumbel_softmax,
+    most_likely_parents,
+)
+
+from .anchor import AnchorNet, frozen_batchnorm_statistics, tree_forward
+from .preferences import sample_preferences
+from .progress import Progress
+from .tasks import Task
+
+__all__ = [
+    "AnchorConfig",
+    "EdgeConfig",
+    "WeightConfig",
+    "train_anchor",
+    "evaluate_streams",
+    "train_edge",
+    "train_weights",
+    "cycle",
+    "to_device",
+]
+
+Batch = tuple[Tensor, Mapping[str, Tensor]]
+
+
+# ----------------------------------------------------------------------------------- configs
+@dataclass
+class AnchorConfig:
+    """Stage 0: every stream on its own task (paper's CIFAR setting: Adam 1e-3, weight decay 1e-5).
+
+    Attributes:
+        steps: optimisation steps (batches); every stream sees the same batches.
+        lr, weight_decay: Adam.
+        eval_every: validate every this many steps (and at the end); each stream keeps its best
+            validation checkpoint by its task's primary metric (model selection on validation only).
+        cosine: cosine learning-rate decay to 0 over ``steps``.
+    """
+
+    steps: int = 2000
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    eval_every: int = 500
+    cosine: bool = True
+    seed: int = 0
+
+
+@dataclass
+class EdgeConfig:
+    """Stage 1: the edge hypernet on the frozen anchor (method.md sections 4, 5, 8).
+
+    Attributes:
+        steps: paper 30K. ``lr`` Adam (paper 1e-3), multiplied by ``lr_decay`` (0.3) at the fractions
+            ``lr_milestones`` of training (paper: every 14K of 30K steps).
+        tau_start, tau_decay, n_decays: Gumbel temperature 5, x0.97, 100 times over training (paper:
+            every 300 of 30K steps).
+        routing: ``"soft"`` (child input = sum_i nu_j(i) y_i) or ``"hard"`` (straight-through one-hot).
+        dirichlet_alpha: training preferences r ~ Dirichlet(alpha) (paper 0.2); c ~ U(0, 1).
+        prefs_per_step: [choice] the batch is split into this many chunks, each with its own (r, c).
+        bn_stats: ``"anchor"``: BatchNorm uses the anchor's running statistics throughout (the model
+            that is deployed); ``"batch"``: batch statistics as in the paper (frozen running stats).
+        regulariser: Omega's weights and ablation switches.
+    """
+
+    steps: int = 30000
+    lr: float = 1e-3
+    lr_decay: float = 0.3
+    lr_milestones: tuple[float, ...] = (14 / 30, 28 / 30)
+    tau_start: float = 5.0
+    tau_decay: float = 0.97
+    n_decays: int = 100
+    routing: str = "soft"
+    dirichlet_alpha: float = 0.2
+    prefs_per_step: int = 1
+    bn_stats: str = "anchor"
+    regulariser: RegulariserConfig = field(default_factory=RegulariserConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.routing not in ("soft", "hard"):
+            raise ValueError(f"routing must be 'soft' or 'hard', got {self.routing!r}")
+        _check_common(self)
+
+
+@dataclass
+class WeightConfig:
+    """Stage 2: the weight hypernet, task loss only, anchor and edge hypernet frozen.
+
+    Attributes:
+        tree: ``"ml"`` trains on the maximum-likelihood tree of each (r, c) (what inference builds);
+            ``"sample"`` on hard Gumbel samples at the final temperature ``sample_tau``.
+        Others as in :class:`EdgeConfig`.
+    """
+
+    steps: int = 30000
+    lr: float = 1e-3
+    lr_decay: float = 0.3
+    lr_milestones: tuple[float, ...] = (14 / 30, 28 / 30)
+    tree: str = "ml"
+    sample_tau: float = 0.25
+    dirichlet_alpha: float = 0.2
+    prefs_per_step: int = 1
+    bn_stats: str = "anchor"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tree not in ("ml", "sample"):
+            raise ValueError(f"tree must be 'ml' or 'sample', got {self.tree!r}")
+        _check_common(self)
+
+
+def _check_common(config: Any) -> None:
+    if config.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {config.steps}")
+    if config.prefs_per_step < 1:
+        raise ValueError(f"prefs_per_step must be >= 1, got {config.prefs_per_step}")
+    if config.bn_stats not in ("anchor", "batch"):
+        raise ValueError(f"bn_stats must be 'anchor' or 'batch', got {config.bn_stats!r}")
+    if config.dirichlet_alpha <= 0:
+        raise ValueError(f"dirichlet_alpha must be > 0, got {config.dirichlet_alpha}")
+
+
+# ------------------------------------------------------------------------------------ helpers
+def cycle(data: Iterable[Batch]) -> Iterator[Batch]:
+    """Iterate over ``data`` forever, re-iterating it at the end of each pass."""
+    while True:
+        empty = True
+        for batch in data:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the training data yielded no batch")
+
+
+def to_device(batch: Batch, device: torch.device, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Move a batch to ``device``, checking it has a target for every task."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Mapping)):
+        raise ValueError("a batch must be a pair (inputs, {task_name: target})")
+    x, targets = batch
+    missing = [n for n in names if n not in targets]
+    if missing:
+        raise ValueError(f"a batch lacks targets for task(s) {missing}; it has {sorted(targets)}")
+    return x.to(device, non_blocking=True), {n: targets[n].to(device, non_blocking=True) for n in names}
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _maybe_ddp(module: nn.Module, device: torch.device, find_unused: bool = False) -> nn.Module:
+    if _rank_world()[1] == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def _multistep(optimizer: torch.optim.Optimizer, steps: int, milestones: Sequence[float], decay: float):
+    marks = sorted({max(1, int(round(m * steps))) for m in milestones if 0 < m < 1})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=marks, gamma=decay)
+
+
+def _chunks(x: Tensor, targets: Mapping[str, Tensor], n: int) -> list[tuple[Tensor, dict[str, Tensor]]]:
+    n = max(1, min(n, x.shape[0]))
+    xs = x.chunk(n)
+    ts = {k: v.chunk(n) for k, v in targets.items()}
+    return [(xs[i], {k: v[i] for k, v in ts.items()}) for i in range(len(xs))]
+
+
+def _weighted_loss(
+    outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], tasks: Sequence[Task], weights: Tensor
+) -> tuple[Tensor, list[float]]:
+    total = outputs[tasks[0].name].new_zeros(())
+    parts = []
+    for k, task in enumerate(tasks):
+        loss = task.loss(outputs[task.name], targets[task.name])
+        parts.append(float(loss))
+        if weights[k] > 0:
+            total = total + weights[k] * loss
+    return total, parts
+
+
+def _progress(total: int, desc: str, rank: int, enabled: bool) -> Progress:
+    return Progress(total, desc, enabled=enabled and rank == 0)
+
+
+# --------------------------------------------------------------------------------- stage 0
+@torch.no_grad()
+def evaluate_streams(anchor: AnchorNet, tasks: Sequence[Task], data: Iterable[Batch], device: torch.device) -> dict[str, dict[str, float]]:
+    """Each stream on its own task over ``data``: ``{task: {"loss": ..., metric: ...}}``."""
+    states = {t.name: t.metric_state() for t in tasks}
+    names = [t.name for t in tasks]
+    was = anchor.training
+    anchor.eval()
+    try:
+        for batch in data:
+            x, targets = to_device(batch, device, names)
+            outputs = anchor.forward_single(x)
+            for t in tasks:
+                states[t.name].update(outputs[t.name], targets[t.name])
+    finally:
+        anchor.train(was)
+    return {name: state.compute() for name, state in states.items()}
+
+
+def _better(task: Task, new: float, old: float | None) -> bool:
+    if old is None or math.isnan(old):
+        return True
+    return new > old if task.higher_is_better else new < old
+
+
+def train_anchor(
+    anchor: AnchorNet,
+    tasks: Sequence[Task],
+    train: Iterable[Batch],
+    val: Iterable[Batch] | None,
+    config: AnchorConfig,
+    device: torch.device,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Stage 0: train every stream and head on its own task; keep each stream's best validation state.
+
+    Every stream sees the same batches; their losses are summed, which trains them independently
+    (no parameter is shared). Returns ``{"history": [...], "best": {task: metrics}, "seconds": s}``.
+    """
+    rank, _ = _rank_world()
+    torch.manual_seed(config.seed + rank)
+    names = [t.name for t in tasks]
+    anchor.to(device).train()
+    model = _maybe_ddp(anchor, device)
+    optimizer = torch.optim.Adam(anchor.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps) if config.cosine else None
+    best_score: dict[str, float | None] = {n: None for n in names}
+    best_metrics: dict[str, dict[str, float]] = {}
+    best_state: dict[str, tuple[dict, dict]] = {}
+    history = []
+    start = time.time()
+    batches = cycle(train)
+    with _progress(config.steps, "anchor", rank, verbose) as progress:
+        for step in range(1, config.steps + 1):
+            x, targets = to_device(next(batches), device, names)
+            outputs = model(x)
+            losses = [t.loss(outputs[t.name], targets[t.name]) for t in tasks]
+            optimizer.zero_grad(set_to_none=True)
+            torch.stack(losses).sum().backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            progress.update(step, **{f"loss_{n}": float(l) for n, l in zip(names, losses)})
+            if val is not None and (step % config.eval_every == 0 or step == config.steps):
+                metrics = evaluate_streams(anchor, tasks, val, device)
+                history.append({"step": step, "val": metrics})
+                for i, t in enumerate(tasks):
+                    score = metrics[t.name][t.primary]
+                    if _better(t, score, best_score[t.name]):
+                        best_score[t.name] = score
+                        best_metrics[t.name] = metrics[t.name]
+                        best_state[t.name] = (
+                            copy.deepcopy(anchor.streams[i].state_dict()),
+                            copy.deepcopy(anchor.heads[t.name].state_dict()),
+                        )
+                progress.log("val " + "  ".join(f"{t.name} {t.primary} {metrics[t.name][t.primary]:.4f}" for t in tasks))
+    for i, t in enumerate(tasks):
+        if t.name in best_state:
+            stream_state, head_state = best_state[t.name]
+            anchor.streams[i].load_state_dict(stream_state)
+            anchor.heads[t.name].load_state_dict(head_state)
+    anchor.eval()
+    return {"history": history, "best": best_metrics, "seconds": time.time() - start}
+
+
+# --------------------------------------------------------------------------------- stage 1
+def train_edge(
+    anchor: AnchorNet,
+    edge: EdgeHypernet,
+    tasks: Sequence[Task],
+    train: Iterable[Batch],
+    affinity: Tensor,
+    loss_scales: Tensor,
+    config: EdgeConfig,
+    device: torch.device,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Stage 1: train the edge hypernet on the frozen anchor with ``sum_i r_i w_i L_i + Omega``.
+
+    Each step samples ``(r, c)`` per chunk, Gumbel-softmax parent choices ``nu [L, N, N]`` from
+    ``h(r, c)`` at the scheduled temperature, routes every node of the anchor through ``nu`` and
+    back-propagates into the hypernet only.
+    """
+    rank, _ = _rank_world()
+    rng = np.random.default_rng(config.seed + rank)
+    noise = torch.Generator().manual_seed(config.seed + 7919 * (rank + 1))
+    names = [t.name for t in tasks]
+    anchor.to(device).requires_grad_(False)
+    edge.to(device).train()
+    affinity = affinity.to(device)
+    loss_scales = loss_scales.to(device)
+    model = _maybe_ddp(edge, device)
+    optimizer = torch.optim.Adam(edge.parameters(), lr=config.lr)
+    scheduler = _multistep(optimizer, config.steps, config.lr_milestones, config.lr_decay)
+    schedule = TemperatureSchedule.for_steps(config.steps, config.tau_start, config.tau_decay, config.n_decays)
+    batches = cycle(train)
+    start = time.time()
+    log = []
+    anchor.train(config.bn_stats == "batch")
+    with frozen_batchnorm_statistics(anchor), _progress(config.steps, "edge", rank, verbose) as progress:
+        for step in range(1, config.steps + 1):
+            tau = schedule(step - 1)
+            x, targets = to_device(next(batches), device, names)
+            optimizer.zero_grad(set_to_none=True)
+            chunks = _chunks(x, targets, config.prefs_per_step)
+            task_total = omega_total = 0.0
+            for xc, tc in chunks:
+                r_np, c = sample_preferences(len(tasks), config.dirichlet_alpha, rng)
+                r = torch.tensor(r_np, dtype=torch.float32, device=device)
+                logits = model(r.unsqueeze(0), torch.tensor([c], device=device))[0]
+                nu = gumbel_softmax(logits, tau, hard=config.routing == "hard", generator=noise)
+                outputs = anchor.routed_forward(xc, nu)
+                task_loss, _ = _weighted_loss(outputs, tc, tasks, r * loss_scales)
+                omega, _ = branching_regulariser(nu, r, c, affinity, config.regulariser)
+                ((task_loss + omega) / len(chunks)).backward()
+                task_total += float(task_loss) / len(chunks)
+                omega_total += float(omega) / len(chunks)
+            optimizer.step()
+            scheduler.step()
+            progress.update(step, task=task_total, omega=omega_total, tau=tau)
+            if step % max(1, config.steps // 50) == 0 or step == config.steps:
+                log.append({"step": step, "task_loss": task_total, "omega": omega_total, "tau": tau})
+    anchor.eval()
+    edge.eval()
+    return {"log": log, "seconds": time.time() - start}
+
+
+# --------------------------------------------------------------------------------- stage 2
+def train_weights(
+    anchor: AnchorNet,
+    edge: EdgeHypernet,
+    weight: WeightHypernet,
+    tasks: Sequence[Task],
+    train: Iterable[Batch],
+    loss_scales: Tensor,
+    config: WeightConfig,
+    device: torch.device,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Stage 2: train the weight hypernet on the task loss of the trees the frozen edge hypernet picks.
+
+    Only the nodes of each step's tree run; their BatchNorm affine parameters become
+    ``gamma + dgamma``, ``beta + dbeta`` with the deltas ``hbar(r, c)``.
+    """
+    rank, _ = _rank_world()
+    rng = np.random.default_rng(config.seed + rank)
+    noise = torch.Generator().manual_seed(config.seed + 104729 * (rank + 1))
+    names = [t.name for t in tasks]
+    anchor.to(device).requires_grad_(False)
+    edge.to(device).requires_grad_(False).eval()
+    weight.to(device).train()
+    loss_scales = loss_scales.to(device)
+    model = _maybe_ddp(weight, device, find_unused=True)
+    optimizer = torch.optim.Adam(weight.parameters(), lr=config.lr)
+    scheduler = _multistep(optimizer, config.steps, config.lr_milestones, config.lr_decay)
+    batches = cycle(train)
+    start = time.time()
+    log = []
+    anchor.train(config.bn_stats == "batch")
+    with frozen_batchnorm_statistics(anchor), _progress(config.steps, "weights", rank, verbose) as progress:
+        for step in range(1, config.steps + 1):
+            x, targets = to_device(next(batches), device, names)
+            optimizer.zero_grad(set_to_none=True)
+            chunks = _chunks(x, targets, config.prefs_per_step)
+            total = 0.0
+            for xc, tc in chunks:
+                r_np, c = sample_preferences(len(tasks), config.dirichlet_alpha, rng)
+                r = torch.tensor(r_np, dtype=torch.float32, device=device)
+                cc = torch.tensor([c], device=device)
+                with torch.no_grad():
+                    logits = edge(r.unsqueeze(0), cc)[0]
+                    if config.tree == "sample":
+                        logits = gumbel_softmax(logits, config.sample_tau, hard=True, generator=noise)
+                assignment = most_likely_parents(logits)
+                deltas = model(r.unsqueeze(0), cc)
+
+                def node_deltas(layer: int, node: int, deltas=deltas):
+                    return weight.split(layer, deltas[layer][0, node])
+
+                outputs = tree_forward(anchor, assignment, xc, node_deltas)
+                loss, _ = _weighted_loss(outputs, tc, tasks, r * loss_scales)
+                (loss / len(chunks)).backward()
+                total += float(loss) / len(chunks)
+            optimizer.step()
+            scheduler.step()
+            progress.update(step, loss=total)
+            if step % max(1, config.steps // 50) == 0 or step == config.steps:
+                log.append({"step": step, "loss": total})
+    anchor.eval()
+    weight.eval()
+    return {"log": log, "seconds": time.time() - start}
