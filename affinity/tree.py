@@ -14,6 +14,7 @@ names), hashable, and round-trips through JSON (``to_dict`` / ``from_dict``) and
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -62,9 +63,10 @@ class Tree:
                     f"layer {layer} assigns {len(row)} tasks, expected {len(tasks)} ({', '.join(tasks)})"
                 )
             for node in row:
-                if isinstance(node, bool) or not isinstance(node, int) or node < 0:
+                # numbers.Integral admits numpy ints (e.g. from an argmax); stored as plain ints below
+                if isinstance(node, bool) or not isinstance(node, numbers.Integral) or node < 0:
                     raise ValueError(f"layer {layer}: node ids must be non-negative ints, got {node!r}")
-            rows.append(row)
+            rows.append(tuple(int(node) for node in row))
         if not rows:
             raise ValueError("a tree needs at least one layer")
         for layer in range(1, len(rows)):
@@ -270,9 +272,9 @@ class Tree:
         return "\n".join(lines)
 
     def _check_layer(self, layer: int) -> int:
-        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < self.n_layers:
             raise ValueError(f"layer must be an int in [0, {self.n_layers - 1}], got {layer!r}")
-        return layer
+        return int(layer)
 
 
 def _unknown(name: str, tasks: Sequence[str]) -> int:
