@@ -7,7 +7,7 @@ preferred tasks and stays within the budget.
 
 from affinity.tree import Tree
 
-from . import backbones, metrics
+from . import backbones, data, metrics
 from .controller import BuildPlan, Controller
 from .derived import DerivedModel
 from .evaluation import EvaluationTable
@@ -37,6 +37,7 @@ __all__ = [
     "WeightConfig",
     "__version__",
     "backbones",
+    "data",
     "load",
     "metrics",
 ]

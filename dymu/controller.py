@@ -198,14 +198,23 @@ class Controller:
         data: Iterable | Tensor,
         *,
         n_samples: int = 256,
-        measure: str = "pearson",
+        measure: str = "auto",
         calibration_samples: int = 512,
         device: str | torch.device | None = None,
     ) -> AffinityResult:
         """Task affinity by representation similarity analysis of the frozen streams on ``n_samples``
         inputs (method.md section 7); also keeps ``calibration_samples`` inputs for BatchNorm
-        re-estimation of derived trees."""
+        re-estimation of derived trees.
+
+        ``measure``: ``"pearson"`` (the paper's recipe: distances between Pearson similarity matrices,
+        row-normalised), ``"cka"`` (linear CKA between the streams' features), or ``"auto"``: [choice]
+        ``"pearson"`` for three or more tasks, ``"cka"`` for two, where row normalisation sets the only
+        off-diagonal distance to 1 and every affinity to 0, which would switch the sharing term of the
+        regulariser (and with it the effect of ``c``) off.
+        """
         device = self._device(device)
+        if measure == "auto":
+            measure = "pearson" if self.n_tasks >= 3 else "cka"
         inputs = _gather_inputs(data, max(n_samples, calibration_samples))
         self.calibration = inputs[:calibration_samples].cpu()
         models = {name: self.anchor.streams[i] for i, name in enumerate(self.task_names)}

@@ -99,4 +99,4 @@ def branching_regulariser(
     else:
         l_inactive = nu.new_zeros(())
     omega = c * config.lambda_active * l_active + config.lambda_inactive * l_inactive
-    return omega, {"l_active": float(l_active), "l_inactive": float(l_inactive)}
+    return omega, {"l_active": float(l_active.detach()), "l_inactive": float(l_inactive.detach())}
