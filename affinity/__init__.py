@@ -29,6 +29,7 @@ __all__ = [
     "plot_affinity",
     "plot_dendrogram",
     "plot_tree",
+    "plot_trees",
     "relative_cost",
     "rsa_affinity",
     "similarity_matrix",
@@ -36,7 +37,7 @@ __all__ = [
     "tree_dissimilarity",
 ]
 
-_PLOTS = ("plot_affinity", "plot_dendrogram", "plot_tree")
+_PLOTS = ("plot_affinity", "plot_dendrogram", "plot_tree", "plot_trees")
 
 
 def __getattr__(name: str):

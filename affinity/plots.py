@@ -139,6 +139,44 @@ def plot_tree(
     Returns:
         the path written.
     """
+    return _save(_tree_figure(tree, layer_costs, title), path)
+
+
+def plot_trees(
+    trees: Sequence[Tree],
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+    layer_costs: Sequence[float] | None = None,
+) -> Path:
+    """Several trees side by side in one image (e.g. the trees built for contrasting preferences).
+
+    Each panel is drawn exactly as :func:`plot_tree` draws it, with its own title.
+    """
+    if len(trees) == 0:
+        raise ValueError("plot_trees needs at least one tree")
+    if titles is not None and len(titles) != len(trees):
+        raise ValueError(f"{len(titles)} titles for {len(trees)} trees")
+    panels = []
+    for i, tree in enumerate(trees):
+        fig = _tree_figure(tree, layer_costs, None if titles is None else titles[i])
+        fig.canvas.draw()
+        panels.append(np.asarray(fig.canvas.buffer_rgba()))
+    height = max(p.shape[0] for p in panels)
+    width = sum(p.shape[1] for p in panels)
+    canvas = np.full((height, width, 4), 255, dtype=np.uint8)
+    x = 0
+    for panel in panels:
+        canvas[: panel.shape[0], x : x + panel.shape[1]] = panel
+        x += panel.shape[1]
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def _tree_figure(tree: Tree, layer_costs: Sequence[float] | None, title: str | None) -> Figure:
     if not isinstance(tree, Tree):
         raise ValueError(f"plot_tree needs a Tree, got {type(tree).__name__}")
     n, n_layers = tree.n_tasks, tree.n_layers
@@ -239,7 +277,7 @@ def plot_tree(
             summary += f" ({100 * total / anchor:.0f}% of the anchor's; budget fraction {fraction:.2f})"
     fig.suptitle(title or "Branched architecture", fontsize=11, y=1 - 0.12 / height, va="top")
     fig.text(0.5, 1 - 0.42 / height, summary, ha="center", va="top", fontsize=8.5, color="#333333")
-    return _save(fig, path)
+    return fig
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -82,7 +82,8 @@ def save_controller(ctrl: Controller, path: str | Path) -> Path:
         "affinity": ctrl.affinity.to_dict() if ctrl.affinity is not None else None,
         "loss_scales": ctrl.loss_scales.clone(),
         "cost_table": ctrl.cost_table.to_dict(),
-        "calibration": ctrl.calibration,
+        # calibration inputs matter only when derived trees re-estimate BatchNorm statistics
+        "calibration": ctrl.calibration if ctrl.bn_stats == "batch" else None,
         "bn_stats": ctrl.bn_stats,
         "regulariser": dict(vars(ctrl.regulariser)),
         "stages": ctrl.stages,

@@ -12,6 +12,7 @@ Typical use::
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -199,7 +200,7 @@ class Controller:
         *,
         n_samples: int = 256,
         measure: str = "auto",
-        calibration_samples: int = 512,
+        calibration_samples: int = 256,
         device: str | torch.device | None = None,
     ) -> AffinityResult:
         """Task affinity by representation similarity analysis of the frozen streams on ``n_samples``
@@ -213,10 +214,12 @@ class Controller:
         regulariser (and with it the effect of ``c``) off.
         """
         device = self._device(device)
+        if n_samples < 3:
+            raise ValueError(f"the affinity needs at least 3 samples, got n_samples={n_samples}")
         if measure == "auto":
             measure = "pearson" if self.n_tasks >= 3 else "cka"
         inputs = _gather_inputs(data, max(n_samples, calibration_samples))
-        self.calibration = inputs[:calibration_samples].cpu()
+        self.calibration = inputs[:calibration_samples].cpu() if calibration_samples > 0 else None
         models = {name: self.anchor.streams[i] for i, name in enumerate(self.task_names)}
         features = collect_features(models, inputs=inputs[:n_samples].to(device), max_samples=n_samples, spatial_size=32)
         self.affinity = rsa_affinity(features, measure=measure)
@@ -416,7 +419,7 @@ class Controller:
             row["measured_flops"] = model.flops()
             rows.append(row)
             if verbose:
-                print(f"[evaluate] {i + 1}/{len(requests)}  c={row['c']:.2f}  flops={row['flops']}", flush=True)
+                print(f"[evaluate] {i + 1}/{len(requests)}  c={row['c']:.2f}  flops={row['flops']}", file=sys.stderr, flush=True)
         return EvaluationTable(self.task_names, rows, self.cost_table.anchor_flops)
 
     # --------------------------------------------------------------------- persistence

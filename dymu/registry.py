@@ -19,6 +19,10 @@ TASK_SETS: dict[str, Callable[[], list[Task]]] = {}
 _BUILTIN_TASK_SETS = {
     "multifashion": ("dymu.data.tasks", "multifashion_tasks"),
     "fashion_digits": ("dymu.data.tasks", "fashion_digits_tasks"),
+    "cifar100": ("benchmarks.paper", "cifar100_paper_tasks"),
+    "nyuv2": ("benchmarks.paper", "nyuv2_paper_tasks"),
+    "pascal_context": ("benchmarks.paper", "pascal_context_paper_tasks"),
+    "pascal_context_3": ("benchmarks.paper", "pascal_context_3_paper_tasks"),
 }
 
 

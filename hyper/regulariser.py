@@ -28,6 +28,10 @@ class RegulariserConfig:
         use_affinity: ablation "no affinity" when False (Aff replaced by 1).
         use_depth: ablation "no depth factor" when False ((L - l) / L replaced by 1).
         all_active: ablation "all tasks active" when True.
+        normalize: [choice] divide ``L_active`` by the number of unordered active pairs and
+            ``L_inactive`` by the number of inactive tasks, so Omega's scale does not grow with the
+            number of tasks (20 CIFAR-100 tasks give 380 ordered pairs). For two tasks this equals the
+            paper's plain sums. False gives the plain sums.
     """
 
     lambda_active: float = 1.0
@@ -37,6 +41,7 @@ class RegulariserConfig:
     use_affinity: bool = True
     use_depth: bool = True
     all_active: bool = False
+    normalize: bool = True
 
 
 def usage_probability(nu: Tensor) -> Tensor:
@@ -72,7 +77,8 @@ def branching_regulariser(
 
     ``L_active = sum_l sum_{i != j in A} (L - l) / L * Aff(i, j) * P(l, i) * P(l, j) * ||nu_i^l - nu_j^l||^2``
     where ``P(l, i)`` is the usage probability of decision ``l``'s child ``i`` (1 for heads), and
-    ``L_inactive = sum_l sum_{j in I} min_{i in A} ||nu_i^l - nu_j^l||^2``.
+    ``L_inactive = sum_l sum_{j in I} min_{i in A} ||nu_i^l - nu_j^l||^2`` (both normalised by the
+    number of pairs / inactive tasks when ``config.normalize``).
     Returns the scalar and a dict of its parts for logging.
     """
     n_layers, n_tasks, _ = nu.shape
@@ -91,11 +97,16 @@ def branching_regulariser(
     pair &= ~torch.eye(n_tasks, dtype=torch.bool, device=nu.device)
     weights = depth.view(-1, 1, 1) * aff.unsqueeze(0) * child_use.unsqueeze(2) * child_use.unsqueeze(1)
     l_active = (weights * sq_dist * pair.unsqueeze(0)).sum()
+    n_active = int(active.sum())
+    if config.normalize and n_active > 2:
+        l_active = l_active / (n_active * (n_active - 1) / 2)
 
     inactive = ~active
     if config.use_inactive and inactive.any():
         to_active = sq_dist[:, inactive][:, :, active]  # [L, |I|, |A|]
         l_inactive = to_active.min(dim=2).values.sum()
+        if config.normalize:
+            l_inactive = l_inactive / int(inactive.sum())
     else:
         l_inactive = nu.new_zeros(())
     omega = c * config.lambda_active * l_active + config.lambda_inactive * l_inactive

@@ -28,7 +28,19 @@ def test_save_and_load_give_identical_models(tmp_path):
         assert torch.equal(out_a[name], out_b[name])
     assert again.cost_table == ctrl.cost_table
     assert again.affinity.tasks == ctrl.affinity.tasks
-    assert torch.equal(again.calibration, ctrl.calibration)
+    assert again.calibration is None  # only kept when trees re-estimate BatchNorm statistics
+
+
+def test_calibration_inputs_travel_when_batchnorm_is_re_estimated(tmp_path):
+    ctrl = make_controller()
+    ctrl.bn_stats = "batch"
+    again = dymu.load(ctrl.save(tmp_path / "ctrl.pt"), tasks=tiny_tasks(3))
+    assert again.bn_stats == "batch" and torch.equal(again.calibration, ctrl.calibration)
+    x = torch.rand(3, 1, 36, 36)
+    with torch.no_grad():
+        a = ctrl.build_model([0.2, 0.3, 0.5], 0.8)(x)
+        b = again.build_model([0.2, 0.3, 0.5], 0.8)(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_registered_backbone_and_task_set_rebuild_by_name(tmp_path):

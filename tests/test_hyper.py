@@ -133,6 +133,15 @@ def test_regulariser_weights_pairs_by_affinity_and_depth():
     assert branching_regulariser(unused, r, 1.0, aff, only_active)[0].item() == 0.0
 
 
+def test_normalised_active_term_is_the_mean_over_unordered_pairs():
+    split = one_hot_choices([[0, 1, 2], [0, 1, 2]])
+    r = torch.full((3,), 1 / 3)
+    aff = torch.ones(3, 3)
+    raw, _ = branching_regulariser(split, r, 1.0, aff, RegulariserConfig(normalize=False))
+    mean, _ = branching_regulariser(split, r, 1.0, aff)
+    assert mean.item() == pytest.approx(raw.item() / 3)  # 3 unordered pairs among 3 active tasks
+
+
 def test_inactive_tasks_copy_the_nearest_active_task():
     r = torch.tensor([0.9, 0.1, 0.0])  # tau = 0.6 / 3 = 0.2: only task 0 is active
     aff = torch.ones(3, 3)
@@ -141,8 +150,11 @@ def test_inactive_tasks_copy_the_nearest_active_task():
     a, parts_a = branching_regulariser(copies, r, 0.0, aff)
     b, parts_b = branching_regulariser(strays, r, 0.0, aff)
     assert parts_a["l_inactive"] == 0.0 and a.item() == 0.0
-    assert parts_b["l_inactive"] == pytest.approx(8.0)  # 2 inactive tasks x 2 decisions x ||e_i - e_j||^2 = 2
-    assert b.item() == pytest.approx(0.1 * 8.0)
+    # 2 inactive tasks x 2 decisions x ||e_i - e_j||^2 = 2, averaged over the 2 inactive tasks
+    assert parts_b["l_inactive"] == pytest.approx(4.0)
+    assert b.item() == pytest.approx(0.1 * 4.0)
+    raw, parts_raw = branching_regulariser(strays, r, 0.0, aff, RegulariserConfig(normalize=False))
+    assert parts_raw["l_inactive"] == pytest.approx(8.0) and raw.item() == pytest.approx(0.8)
     off, _ = branching_regulariser(strays, r, 0.0, aff, RegulariserConfig(use_inactive=False))
     assert off.item() == 0.0
     everyone, parts = branching_regulariser(strays, r, 1.0, aff, RegulariserConfig(all_active=True))

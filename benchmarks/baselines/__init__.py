@@ -1,0 +1,16 @@
+"""The baselines the controller is compared with, each a :class:`benchmarks.methods.Method`.
+
+* :class:`HardSharing`: one shared backbone + N heads trained per evaluation preference.
+* :class:`PHN`: Pareto HyperNetworks, ``mode="full"`` (all weights from the hypernet) or ``"bn"``
+  (PHN-BN: only the BatchNorm affine parameters).
+* :class:`StaticTree`: a static branched network from the task affinity under a FLOP budget.
+
+All get the same data, backbone family, step budget (:class:`benchmarks.methods.StepBudget`), loss
+scales and seeds as the controller, and return plain :class:`dymu.DerivedModel` networks.
+"""
+
+from .hard_sharing import HardSharing
+from .phn import PHN, ChunkedHypernet
+from .static_tree import StaticTree
+
+__all__ = ["HardSharing", "PHN", "ChunkedHypernet", "StaticTree"]

@@ -1,0 +1,111 @@
+"""End to end: ``benchmarks.run.main`` on synthetic sources in the real file formats, with tiny budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import run
+from dymu.data import write_synthetic_sources
+
+REQUIRED = ("hv", "hv_ref", "uniformity", "controllability", "delta_mtl", "mean_flops", "params", "train_seconds")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = write_synthetic_sources(tmp_path_factory.mktemp("sources"), n_train=120, n_test=60, digits_per_class=12)
+    out = tmp_path_factory.mktemp("results")
+    threads = torch.get_num_threads()
+    argv = ["multifashion", "--quick", "--data-root", str(root), "--out", str(out), "--steps", "2", "2", "2",
+            "--n-preferences", "3", "--hs-preferences", "2", "--test-examples", "40", "--cost-preferences", "8",
+            "--batch-size", "16", "--eval-batch-size", "20", "--calibration-steps", "1", "--threads", "1"]
+    assert run.main(argv) == 0
+    assert torch.get_num_threads() == threads  # the run restores the caller's thread count
+    return out, json.loads((out / "multifashion-quick-custom.json").read_text()), argv
+
+
+def test_the_results_file_holds_every_required_field_for_every_method(tiny_run):
+    out, results, argv = tiny_run
+    assert results["benchmark"] == "multifashion" and results["complete"] is True and results["seeds"] == [0]
+    assert results["command"].endswith(" ".join(argv))
+    assert set(results["versions"]) >= {"python", "torch", "numpy", "dymu"}
+    assert results["steps"] == {"anchor": 2, "edge": 2, "weights": 2, "batch_size": 16}
+    assert set(results["methods"]) == set(run.METHODS)
+    for name, row in results["methods"].items():
+        for key in REQUIRED:
+            assert key in row, (name, key)
+        for key in ("hv", "uniformity", "delta_mtl", "mean_flops", "params", "train_seconds"):
+            assert set(row[key]) >= {"mean", "std"} and row[key]["mean"] is not None, (name, key)
+        assert row["hv_ref"] == [2.0, 2.0]
+    dymu = results["methods"]["dymu"]
+    # budget 0.5 is below the cheapest two-task tree: skipped, and the results say so
+    assert set(dymu["settings"]) == {"c=0", "c=1", "budget=min", "budget=1"}
+    assert [s["name"] for s in results["protocol"]["settings_skipped"]] == ["budget=0.5"]
+    assert dymu["settings"]["budget=min"]["mean_flops"]["mean"] == results["controller_views"]["min_flops"]
+    assert len(dymu["cost_curve"]["c"]) == len(dymu["cost_curve"]["mean_flops"])
+    assert set(results["methods"]["dymu_no_inactive"]["settings"]) == {"c=0", "c=1"}
+    assert results["methods"]["single_task"]["delta_mtl"]["mean"] == pytest.approx(0.0)
+    hs = results["methods"]["hard_sharing"]
+    assert len(hs["trained_preferences"]) == 2 and "2 of the 3" in hs["trained_preferences_note"]
+    assert hs["train_seconds_all_preferences"]["mean"] == pytest.approx(1.5 * hs["train_seconds"]["mean"])
+    assert "hv_subset" in dymu["settings"]["c=0"]
+    assert results["protocol"]["loss_space"]["reference"] == [2.0, 2.0]
+    assert len(results["protocol"]["evaluation_preferences"]) == 3
+    targets = {t["target"]: t for t in results["targets"]}
+    assert len(targets) == 10 and all(t["met"] in (True, False) for t in targets.values())
+    assert results["estimate_seconds"]["total"] > 0 and results["measured_costs"]["anchor"] > 0
+
+
+def test_plots_are_written(tiny_run):
+    out, results, _ = tiny_run
+    for suffix in ("front", "task-losses", "cost", "cost-vs-c", "trees"):
+        path = out / f"multifashion-quick-custom-{suffix}.png"
+        assert path.stat().st_size > 10_000, path
+    assert len(list(out.glob("multifashion-quick-custom-tree-*.png"))) == 6
+    assert all(p.endswith(".png") for p in results["plots"])
+
+
+def test_the_markdown_table_has_a_row_per_method_and_setting(tiny_run):
+    _, results, _ = tiny_run
+    table = run.format_markdown(results)
+    assert "| dymu | budget=min |" in table and "| phn | static |" in table and "reference point (2, 2)" in table
+    assert table.count("\n- [") == len(results["targets"])
+
+
+def test_configs_reject_unknown_names_and_mark_changed_budgets():
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        run.make_config("cifar", "quick")
+    with pytest.raises(ValueError, match="unknown method"):
+        run.make_config("multifashion", "quick", methods=["dymu", "magic"])
+    full = run.make_config("multifashion", "full")
+    assert full.mode == "full" and full.seeds == [0, 1, 2] and full.stem == "multifashion"
+    assert run.make_config("multifashion", "full", steps=(1, 1, 1)).mode == "custom"
+    picked = run.make_config("fashion_digits", "quick", methods=["phn"])
+    assert picked.methods == ["dymu", "single_task", "phn"] and picked.stem == "fashion_digits-quick"
+
+
+def test_six_tasks_normalise_losses_by_the_single_task_run_and_plot_cost_at_corners(tmp_path):
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    out = tmp_path / "results"
+    argv = ["fashion_digits", "--data-root", str(root), "--out", str(out), "--methods", "phn", "--steps", "1", "1", "1",
+            "--n-preferences", "3", "--test-examples", "20", "--cost-preferences", "6", "--batch-size", "8",
+            "--eval-batch-size", "20", "--calibration-steps", "1", "--threads", "1"]
+    assert run.main(argv) == 0
+    results = json.loads((out / "fashion_digits-quick-custom.json").read_text())
+    assert set(results["methods"]) == {"dymu", "single_task", "phn"}
+    space = results["protocol"]["loss_space"]
+    ref = space["reference"]
+    # the reference point is the input-blind losses: about ln 10 for a 10-class task, ln 2 for parity
+    assert len(ref) == 6 and ref[0] == pytest.approx(2.30, abs=0.05) and ref[3] == pytest.approx(0.69, abs=0.01)
+    assert space["uniformity_losses"] == "test loss / single-task test loss"
+    st_loss = [results["single_task"]["0"][t]["loss"] for t in results["tasks"]]
+    expected = 1.0
+    for r, s in zip(ref, st_loss):
+        expected *= max(r - s, 0.0)
+    assert results["methods"]["single_task"]["hv"]["mean"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    assert results["methods"]["single_task"]["hv_ref"] == pytest.approx(ref)
+    assert "budget=0.5" in results["methods"]["dymu"]["settings"]  # the cheapest of six streams is below half
+    assert len(results["controller_views"]["cost_corners"]["labels"]) == 7
+    assert (out / "fashion_digits-quick-custom-cost.png").exists() and not (out / "fashion_digits-quick-custom-front.png").exists()
