@@ -615,6 +615,12 @@ class _Run:
     # ------------------------------------------------------------------------------ estimate
     def measure(self) -> None:
         config = self.config
+        load, cores = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), os.cpu_count() or 1
+        if torch.get_num_threads() > 1 and load > 0.5:
+            # measured here: with two threads and other processes on the two cores, a step took up to ten
+            # times as long as with one thread
+            self.say(f"the load average is {load:.1f} on {cores} cores and torch uses {torch.get_num_threads()} threads: "
+                     "if other processes share the cores, --threads 1 avoids the slowdown of competing threads")
         self.say("measuring per-step costs on this machine ...")
         self.costs = measure_costs(self.bench, config, config.calibration_steps)
         self.est = estimate(config, self.costs, len(self.tasks), len(self.bench.val), self.n_test)

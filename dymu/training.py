@@ -10,6 +10,7 @@ preferences (seeded by ``seed + rank``), so a step averages gradients over ``wor
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -238,6 +239,12 @@ def adam(parameters, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
     return torch.optim.Adam(list(parameters), lr=lr, weight_decay=weight_decay, fused=True)
 
 
+def _collect_if_distributed() -> None:
+    """Free dropped DDP wrappers now: a reducer that outlives its process group aborts the process at exit."""
+    if _rank_world()[1] > 1:
+        gc.collect()
+
+
 def _broadcast_state(module: nn.Module) -> None:
     """Give every rank rank 0's parameters and buffers (BatchNorm running statistics are rank-local)."""
     if _rank_world()[1] == 1:
@@ -394,6 +401,8 @@ def train_anchor(
             stream_state, head_state = best_state[t.name]
             anchor.streams[i].load_state_dict(stream_state)
             anchor.heads[t.name].load_state_dict(head_state)
+    model = None  # noqa: F841  (drop the DDP wrapper before the next stage)
+    _collect_if_distributed()
     _broadcast_state(anchor)
     anchor.eval()
     return {"history": history, "best": best_metrics, "seconds": time.time() - start}
@@ -458,6 +467,8 @@ def train_edge(
             progress.update(step, task=task_total, omega=omega_total, tau=tau)
             if step % max(1, config.steps // 50) == 0 or step == config.steps:
                 log.append({"step": step, "task_loss": task_total, "omega": omega_total, "tau": tau})
+    model = None  # noqa: F841  (drop the DDP wrapper before the next stage)
+    _collect_if_distributed()
     anchor.eval()
     edge.eval()
     return {"log": log, "seconds": time.time() - start}
@@ -488,7 +499,7 @@ def train_weights(
     edge.to(device).requires_grad_(False).eval()
     weight.to(device).train()
     loss_scales = loss_scales.to(device)
-    model = _maybe_ddp(weight, device, find_unused=True)
+    model = _maybe_ddp(weight, device)
     optimizer = adam(weight.parameters(), lr=config.lr)
     scheduler = _multistep(optimizer, config.steps, config.lr_milestones, config.lr_decay)
     batches = cycle(train)
@@ -526,6 +537,8 @@ def train_weights(
             progress.update(step, loss=total)
             if step % max(1, config.steps // 50) == 0 or step == config.steps:
                 log.append({"step": step, "loss": total})
+    model = None  # noqa: F841  (drop the DDP wrapper before the next stage)
+    _collect_if_distributed()
     anchor.eval()
     weight.eval()
     return {"log": log, "seconds": time.time() - start}

@@ -6,6 +6,7 @@ ranks' gradients are averaged, so their weights must stay identical after every 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ def main(out_dir: str) -> None:
               "weight": digest(ctrl.weight), "data": digest(torch.nn.ParameterList([torch.nn.Parameter(shard[0][0])]))}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -1,0 +1,87 @@
+"""Training stages: seeded determinism, progress output, mixed precision, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dymu
+from _tiny import tiny_batches, tiny_tasks
+
+
+def _train(seed: int = 0, **edge):
+    torch.manual_seed(123)
+    ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(3), seed=0)
+    data = tiny_batches(3, n_batches=2)
+    ctrl.fit_anchor(data, data, config=dymu.AnchorConfig(steps=4, eval_every=2, seed=seed), verbose=False)
+    ctrl.fit_affinity(data, n_samples=32)
+    ctrl.fit_edge(data, config=dymu.EdgeConfig(steps=4, seed=seed, **edge), verbose=False)
+    ctrl.fit_weights(data, config=dymu.WeightConfig(steps=3, seed=seed), verbose=False)
+    return ctrl
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_stages_are_deterministic_on_cpu_and_depend_on_the_seed():
+    a, b, c = _train(0), _train(0), _train(1)
+    for part in ("anchor", "edge", "weight"):
+        assert _same(getattr(a, part), getattr(b, part)), part
+    assert not _same(a.edge, c.edge)
+    assert not _same(a.weight, c.weight)
+
+
+def test_training_changes_the_hypernets_and_records_the_stages():
+    ctrl = _train(0)
+    fresh = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(3), seed=0)
+    assert not _same(ctrl.edge, fresh.edge)
+    assert not _same(ctrl.weight, fresh.weight)
+    assert set(ctrl.stages) == {"anchor", "affinity", "edge", "weights"}
+    assert ctrl.stages["edge"]["log"][-1]["step"] == 4
+    assert torch.isfinite(ctrl.loss_scales).all() and (ctrl.loss_scales > 0).all()
+
+
+def test_progress_lines_name_the_stage_and_the_time_left(capsys, monkeypatch):
+    monkeypatch.delenv("DYMU_QUIET", raising=False)
+    ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(3))
+    data = tiny_batches(3, n_batches=1)
+    ctrl.fit_anchor(data, data, config=dymu.AnchorConfig(steps=2, eval_every=1))
+    err = capsys.readouterr().err
+    assert "[anchor] step 2/2 (100%)" in err and "ETA" in err and "loss_t0" in err
+    assert "[anchor] val t0 acc" in err
+
+
+@pytest.mark.parametrize("routing", ["soft", "hard"])
+def test_both_routings_and_bfloat16_autocast_train(routing):
+    ctrl = _train(0, routing=routing, amp=True)
+    assert all(torch.isfinite(p).all() for p in ctrl.edge.parameters())
+
+
+def test_bad_configs_and_batches_raise_clear_errors():
+    with pytest.raises(ValueError, match="routing"):
+        dymu.EdgeConfig(routing="mixed")
+    with pytest.raises(ValueError, match="steps"):
+        dymu.WeightConfig(steps=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        dymu.AnchorConfig(optimizer="lbfgs")
+    ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(3))
+    x, targets = tiny_batches(3, n_batches=1)[0]
+    del targets["t1"]
+    with pytest.raises(ValueError, match=r"lacks targets for task\(s\) \['t1'\]"):
+        ctrl.fit_anchor([(x, targets)], steps=1, verbose=False)
+    with pytest.raises(ValueError, match="no batch"):
+        ctrl.fit_anchor([], steps=1, verbose=False)
+    with pytest.raises(ValueError, match="fit_affinity"):
+        ctrl.fit_edge(tiny_batches(3, n_batches=1), steps=1, verbose=False)
+    with pytest.raises(ValueError, match="fit_edge"):
+        ctrl.fit_weights(tiny_batches(3, n_batches=1), steps=1, verbose=False)
+
+
+def test_controller_rejects_a_single_task_and_foreign_backbones():
+    with pytest.raises(ValueError, match="at least 2 tasks"):
+        dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(1))
+    with pytest.raises(ValueError, match="BlockBackbone"):
+        dymu.Controller(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)), tiny_tasks(2))
+    with pytest.raises(ValueError, match="unknown task set"):
+        dymu.Controller(dymu.backbones.lenet(width_mult=0.25), "imagenet")
