@@ -87,7 +87,6 @@ Test/debug knobs (not the paper's settings): ``width_mult`` (every backbone widt
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -103,6 +102,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import dymu
+from dymu.results import finite_or_none, jsonable, write_json
 from dymu.backbones import deeplab_head, deeplab_mobilenet_v2, deeplab_resnet34, resnet9, resnet9_head
 from dymu.checkpoint import versions
 from dymu.metrics import controllability, dirichlet_preferences, hypervolume, relative_changes, uniformity
@@ -354,11 +354,6 @@ def _build_backbone(name: str, width_mult: float, input_size: tuple[int, int], w
 
 
 # --------------------------------------------------------------------------------- evaluation
-def _finite_or_none(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def summarize(
     table: dymu.EvaluationTable,
     tasks: Sequence[dymu.Task],
@@ -405,10 +400,10 @@ def summarize(
             "n_models": len(rows),
             "hypervolume": hypervolume(normalised, [hv_reference_factor] * len(names)),
             "uniformity": uniformity(normalised, prefs),
-            "controllability": _finite_or_none(ctrl_metric),
-            "controllability_loss": _finite_or_none(ctrl_loss),
-            "delta_mtl": _finite_or_none(np.mean(deltas)),
-            "delta_mtl_per_model": [_finite_or_none(d) for d in deltas],
+            "controllability": finite_or_none(ctrl_metric),
+            "controllability_loss": finite_or_none(ctrl_loss),
+            "delta_mtl": finite_or_none(np.mean(deltas)),
+            "delta_mtl_per_model": [finite_or_none(d) for d in deltas],
             "flops_fraction": float(flops.mean()),
             "mflops": float(sub.flops().mean() / 1e6),
             "params_m": float(params.mean() / 1e6),
@@ -435,25 +430,6 @@ def _cost_over_preferences(ctrl: dymu.Controller, n: int, seed: int) -> dict[str
             "params_m": float(np.mean([p.params for p in plans]) / 1e6),
         })
     return out
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, tuples to lists, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return _finite_or_none(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _format_table(results: dict[str, Any]) -> str:
@@ -672,11 +648,8 @@ def run_paper_benchmark(
         "checkpoint": str(checkpoint),
         "seconds": time.time() - start,
     }
-    results = _plain(results)
-    path = out_dir / "results.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    results = jsonable(results)
+    path = write_json(out_dir / "results.json", results)
     if verbose:
         print(_format_table(results), flush=True)
         say(f"wrote {path} ({results['seconds']:.0f} s)")

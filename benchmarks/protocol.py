@@ -77,6 +77,7 @@ import torch
 from torch import nn
 
 import dymu
+from dymu.results import finite_or_none
 from dymu.evaluation import evaluate_model
 from dymu.metrics import (
     controllability,
@@ -528,13 +529,6 @@ def planned_cost(
 
 
 # -------------------------------------------------------------------------------------- summaries
-def _finite_or_none(value: float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def summarise(
     records: Sequence[ModelRecord],
     tasks: Sequence[Task],
@@ -590,9 +584,9 @@ def summarise(
         summary: dict[str, Any] = {
             "hv": hypervolume(losses, space.reference),
             "uniformity": uniformity(moved, prefs),
-            "controllability": _finite_or_none(ctrl_metric),
-            "controllability_loss": _finite_or_none(ctrl_loss),
-            "delta_mtl": _finite_or_none(float(np.mean(deltas))),
+            "controllability": finite_or_none(ctrl_metric),
+            "controllability_loss": finite_or_none(ctrl_loss),
+            "delta_mtl": finite_or_none(float(np.mean(deltas))),
             "mean_flops": planned["mean_flops"] if planned else flops_eval,
             "params": planned["params"] if planned else params_eval,
             "mean_flops_eval": flops_eval,

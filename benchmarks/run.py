@@ -42,7 +42,6 @@ the order of the training batches and the sampled training preferences.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
@@ -58,6 +57,7 @@ import torch
 from torch import nn
 
 import dymu
+from dymu.results import write_json
 from dymu.checkpoint import versions
 from dymu.data import build_benchmark
 from dymu.data.datasets import Benchmark, TensorLoader
@@ -456,33 +456,6 @@ class _Clock:
 
 
 # ------------------------------------------------------------------------------------ the run
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_ready(data), indent=1, allow_nan=False))
-    os.replace(tmp, path)
-    return path
-
-
 def _git_state() -> dict[str, Any] | None:
     """The source tree's commit and whether it had uncommitted changes (None outside a git checkout)."""
     import subprocess
@@ -660,7 +633,7 @@ class _Run:
             results["plots"] = [str(p) for p in written]
             self.say("plots: " + ", ".join(str(p) for p in written))
             results["wall_seconds"] = time.time() - self.start
-            _write_json(out_dir / f"{config.stem}.json", results)
+            write_json(out_dir / f"{config.stem}.json", results)
         self.say(f"wrote {out_dir / (config.stem + '.json')} in {_duration(time.time() - self.start)}")
         return results
 
@@ -836,7 +809,7 @@ class _Run:
             "notes": self.notes(),
             "wall_seconds": time.time() - self.start,
         }
-        _write_json(Path(config.out) / f"{config.stem}.json", results)
+        write_json(Path(config.out) / f"{config.stem}.json", results)
         return results
 
 

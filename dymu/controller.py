@@ -41,7 +41,6 @@ from .training import (
     EdgeConfig,
     WeightConfig,
     evaluate_streams,
-    to_device,
     train_anchor,
     train_edge,
     train_weights,

@@ -10,7 +10,6 @@ plots.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from .checkpoint import versions
 from .controller import Controller
 from .data import load_benchmark
 from .evaluation import evaluate_model
+from .results import write_json
 from .training import AnchorConfig, EdgeConfig, WeightConfig
 
 __all__ = ["run_demo", "DEMO_REQUESTS"]
@@ -122,7 +122,7 @@ def run_demo(
         "checkpoint": str(ckpt),
         "seconds": time.time() - start,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    write_json(out / "results.json", results)
     print(f"\n[demo] done in {time.time() - start:.0f} s; wrote {out}/results.json, controller.pt and the plots "
           "affinity.png, dendrogram.png, static_tree_budget_*.png, derived_trees.png")
     return results
@@ -153,11 +153,3 @@ def _results_text(ctrl: Controller, rows: list[dict[str, Any]]) -> str:
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  " + "  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmarks.datasets import BENCHMARKS
+from dymu.metrics import Accuracy
 from benchmarks.datasets.cifar100 import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -19,7 +20,6 @@ from benchmarks.datasets.cifar100 import (
     FINE_TO_COARSE,
     TASK_CLASSES,
     TASK_NAMES,
-    MaskedAccuracy,
     cifar100_tasks,
     load_cifar100,
 )
@@ -227,13 +227,13 @@ def test_loss_is_zero_with_grad_when_a_batch_has_no_sample_of_the_task():
 
 
 def test_masked_accuracy_counts_only_the_tasks_samples():
-    metric = MaskedAccuracy()
+    metric = Accuracy(ignore_index=-1)
     logits = torch.eye(5)[[0, 1, 2, 3]] * 5
     metric.update(logits, torch.tensor([0, -1, 1, -1]))
     metric.update(logits[:1], torch.tensor([-1]))
     assert metric.compute() == pytest.approx(0.5)
     metric.reset()
-    with pytest.raises(ValueError, match="no sample"):
+    with pytest.raises(ValueError, match="no valid sample"):
         metric.compute()
 
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from dymu.metrics.task_metrics import Accuracy
 from dymu.tasks import HeadFactory, Task
 
 from .transforms import holdout_split, masked_cross_entropy, normalize_image
@@ -59,7 +60,6 @@ __all__ = [
     "CIFAR100_MD5",
     "CONFIG",
     "IGNORE",
-    "MaskedAccuracy",
     "Cifar100Tasks",
     "task_targets",
     "load_cifar100",
@@ -338,33 +338,6 @@ def load_cifar100(
     return Cifar100Tasks(images, fine, augment=augment, source=f"{folder / source} [{split}]")
 
 
-class MaskedAccuracy:
-    """Top-1 accuracy over the samples whose target is not ``ignore_index``, accumulated over batches.
-
-    ``update(pred [B, K] logits, target [B])``; ``compute()`` raises ``ValueError`` if no valid sample
-    was seen (the task had no image in the evaluated data).
-    """
-
-    def __init__(self, ignore_index: int = IGNORE):
-        self.ignore_index = ignore_index
-        self.reset()
-
-    def reset(self) -> None:
-        self.correct = 0
-        self.total = 0
-
-    @torch.no_grad()
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        valid = target != self.ignore_index
-        self.correct += int((pred.argmax(1)[valid] == target[valid]).sum())
-        self.total += int(valid.sum())
-
-    def compute(self) -> float:
-        if self.total == 0:
-            raise ValueError("MaskedAccuracy: no sample of this task was seen")
-        return self.correct / self.total
-
-
 def cifar100_tasks(head: Callable[[int], HeadFactory]) -> list[Task]:
     """The 20 five-way superclass tasks.
 
@@ -377,7 +350,7 @@ def cifar100_tasks(head: Callable[[int], HeadFactory]) -> list[Task]:
             name,
             head=head(len(TASK_CLASSES[t])),
             loss=partial(masked_cross_entropy, ignore_index=IGNORE),
-            metrics={"acc": MaskedAccuracy(IGNORE)},
+            metrics={"acc": Accuracy(ignore_index=IGNORE)},
             primary="acc",
             higher_is_better=True,
         )

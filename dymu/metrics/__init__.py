@@ -17,6 +17,7 @@ from .pareto import (
     uniformity_per_preference,
 )
 from .task_metrics import (
+    Accuracy,
     DepthErrors,
     MeanIoU,
     NormalAngleError,
@@ -27,6 +28,7 @@ from .task_metrics import (
 )
 
 __all__ = [
+    "Accuracy",
     "BlockCost",
     "block_cost_table",
     "controllability",

@@ -15,6 +15,7 @@ from torch import Tensor
 __all__ = [
     "accuracy",
     "mean_absolute_error",
+    "Accuracy",
     "MeanIoU",
     "PixelAccuracy",
     "DepthErrors",
@@ -76,10 +77,15 @@ class MeanIoU:
         return iou[seen].mean().item()
 
 
-class PixelAccuracy:
-    """Fraction of valid pixels whose predicted class equals the target."""
+class Accuracy:
+    """Accuracy over the valid targets (``target != ignore_index``), accumulated over batches.
 
-    def __init__(self, ignore_index: int = 255):
+    ``pred`` holds logits ``[B, K, ...]`` or labels of the target's shape; for segmentation this is
+    the pixel accuracy, for a task whose samples are mixed with other tasks' (targets
+    ``ignore_index`` elsewhere) it counts only the task's own samples.
+    """
+
+    def __init__(self, ignore_index: int | None = 255):
         self.ignore_index = ignore_index
         self.reset()
 
@@ -90,14 +96,18 @@ class PixelAccuracy:
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
         labels = pred.argmax(1) if pred.dim() == target.dim() + 1 else pred
-        valid = target != self.ignore_index
+        valid = target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
         self.correct += int((labels[valid] == target[valid]).sum())
         self.total += int(valid.sum())
 
     def compute(self) -> float:
         if self.total == 0:
-            raise ValueError("PixelAccuracy: no valid pixel was seen")
+            raise ValueError(f"{type(self).__name__}: no valid sample was seen")
         return self.correct / self.total
+
+
+class PixelAccuracy(Accuracy):
+    """Fraction of valid pixels whose predicted class equals the target (an :class:`Accuracy`)."""
 
 
 class DepthErrors:
