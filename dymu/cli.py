@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="train a small controller on real data, build models, print the table, plot")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--anchor-steps", type=int, default=600)
-    demo.add_argument("--edge-steps", type=int, default=300)
+    demo.add_argument("--edge-steps", type=int, default=400)
     demo.add_argument("--weight-steps", type=int, default=200)
     demo.add_argument("--batch-size", type=int, default=128)
     demo.add_argument("--limit", type=int, default=None, help="use only the first N Fashion-MNIST images per split")

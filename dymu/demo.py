@@ -44,7 +44,7 @@ def run_demo(
     out: str | Path = "runs/demo",
     *,
     anchor_steps: int = 600,
-    edge_steps: int = 300,
+    edge_steps: int = 400,
     weight_steps: int = 200,
     batch_size: int = 128,
     limit: int | None = None,

@@ -121,13 +121,12 @@ class EdgeConfig:
             relaxation) or ``"hard"`` (straight-through one-hot samples). Measured on fashion_digits
             with the regulariser switched off, where the anchor is the optimum: soft routing keeps the
             anchor tree, while straight-through gradients (a linearisation across very different
-            streams' features) walk away from it to trees with 1.4-2x the anchor's loss.
+            streams' features) walk away from it to trees with a much higher loss.
         dirichlet_alpha: training preferences r ~ Dirichlet(alpha); c ~ U(0, 1). [choice] 1.0
             (uniform on the simplex) where the paper uses 0.2: with 0.2 most sampled preferences
             leave a single task active, the inactive loss then forces sharing whatever c is, and the
-            controller barely learns what c should do when several tasks matter (on multifashion:
-            FLOPs 0.58 -> 0.54 of the anchor from c = 0 to 1 with 0.2, 0.66 -> 0.56 with 1.0, and a
-            hypervolume at c = 1 of 1.43 against 2.22).
+            controller learns less of what c should do when several tasks matter (on multifashion it
+            gave lower hypervolume at c = 0 and a narrower range of costs between c = 0 and c = 1).
         prefs_per_step: [choice] the batch is split into this many chunks, each with its own (r, c)
             (paper: one preference per batch); more preferences per step at the same cost.
         bn_stats: ``"anchor"``: BatchNorm uses the anchor's running statistics throughout (the model
