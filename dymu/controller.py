@@ -12,6 +12,7 @@ Typical use::
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import OrderedDict
@@ -297,10 +298,12 @@ class Controller:
             budget = 1.0
         if budget is not None:
             budget = check_budget(budget)
-            if budget < self.min_budget - 1e-12:
+            # compared exactly as the guarantee is stated: FLOPs <= budget x anchor FLOPs
+            if budget * self.cost_table.anchor_flops < self.cost_table.min_flops:
+                minimum = math.ceil(self.min_budget * 1e6) / 1e6
                 raise ValueError(
-                    f"budget {budget:.4f} is below the cheapest tree (one stream plus the heads): "
-                    f"the minimum budget is {self.min_budget:.4f} ({self.cost_table.min_flops} of "
+                    f"budget {budget:.6f} is below the cheapest tree (one stream plus the heads): "
+                    f"the minimum budget is {minimum:.6f} ({self.cost_table.min_flops} of "
                     f"{self.cost_table.anchor_flops} FLOPs)"
                 )
         if c is not None:

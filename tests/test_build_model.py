@@ -44,8 +44,12 @@ def test_full_budget_at_c0_reaches_the_anchor_and_minimum_budget_gives_one_strea
 
 
 def test_budget_below_the_minimum_names_the_minimum(controller):
-    with pytest.raises(ValueError, match=f"minimum budget is {controller.min_budget:.4f}"):
+    minimum = math.ceil(controller.min_budget * 1e6) / 1e6
+    with pytest.raises(ValueError, match=f"minimum budget is {minimum:.6f}"):
         controller.build_model([1, 1, 1], budget=controller.min_budget * 0.99)
+    # the minimum the message gives is always enough, and the exact minimum is accepted
+    assert controller.build_model([1, 1, 1], budget=minimum).flops() == controller.cost_table.min_flops
+    assert controller.build_model([1, 1, 1], budget=controller.min_budget).flops() == controller.cost_table.min_flops
 
 
 @pytest.mark.parametrize(
