@@ -819,7 +819,7 @@ def _pm(entry: dict[str, Any] | None, spec: str, scale: float = 1.0) -> str:
         return "–"
     text = format(entry["mean"] * scale, spec)
     if entry.get("std") is not None:
-        text += " ± " + format(entry["std"] * scale, spec)
+        text += " ± " + format(entry["std"] * scale, spec.lstrip("+"))
     return text
 
 

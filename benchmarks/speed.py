@@ -1,6 +1,6 @@
 """Speed of the controller: build_model latency, derived models against the anchor, training steps.
 
-    python benchmarks/speed.py [--checkpoint runs/demo/controller.pt] [--out benchmarks/results/speed.json]
+    python benchmarks/speed.py [--checkpoint runs/demo/controller.pt] [--threads N] [--out benchmarks/results/speed.json]
 
 Measured in one run on one machine, everything is reported as a ratio to the anchor so that the
 numbers survive noisy timers: for budgets {minimum, 0.5, 1} the derived model's forward time and
@@ -43,6 +43,20 @@ def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3) -> 
     return statistics.median(times)
 
 
+def _interleaved_median_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of each function, timed round-robin (one call of each per round)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def _batch(ctrl: dymu.Controller, size: int, generator: torch.Generator):
     x = torch.rand(size, *ctrl.cost_table.input_shape, generator=generator)
     targets = {}
@@ -63,8 +77,6 @@ def measure(ctrl: dymu.Controller, batch: int = 64, repeats: int = 20, seed: int
     g = torch.Generator().manual_seed(seed)
     x, targets = _batch(ctrl, batch, g)
     anchor = ctrl.anchor.eval()
-    with torch.no_grad():
-        anchor_s = _median_seconds(lambda: anchor.forward_single(x), repeats)
 
     # build_model latency: distinct requests (no cache hits), six tasks
     rng = np.random.default_rng(seed)
@@ -76,20 +88,28 @@ def measure(ctrl: dymu.Controller, batch: int = 64, repeats: int = 20, seed: int
         if i >= 3:
             build_times.append(time.perf_counter() - start)
 
+    models = {
+        label: ctrl.build_model(PREFERENCE, budget, c=0.0 if label == "1" else None)
+        for label, budget in (("minimum", ctrl.min_budget), ("0.5", 0.5), ("1", 1.0))
+    }
+    # the anchor and the derived models are timed in alternation, so that a slow spell of the machine
+    # lands on all of them rather than on one side of a ratio
+    with torch.no_grad():
+        forward_s = _interleaved_median_seconds(
+            {"anchor": lambda: anchor.forward_single(x), **{k: (lambda m=m: m(x)) for k, m in models.items()}}, repeats
+        )
+    anchor_s = forward_s["anchor"]
     budgets = {}
-    for label, budget in (("minimum", ctrl.min_budget), ("0.5", 0.5), ("1", 1.0)):
-        model = ctrl.build_model(PREFERENCE, budget, c=0.0 if label == "1" else None)
-        with torch.no_grad():
-            seconds = _median_seconds(lambda: model(x), repeats)
+    for label, model in models.items():
         flops_ratio = model.flops() / ctrl.cost_table.anchor_flops
-        time_ratio = seconds / anchor_s
+        time_ratio = forward_s[label] / anchor_s
         budgets[label] = {
-            "budget": budget,
+            "budget": model.info["budget"],
             "nodes": model.tree.n_nodes,
             "flops_ratio": flops_ratio,
             "time_ratio": time_ratio,
             "time_within_15pct_of_flops": abs(time_ratio - flops_ratio) <= 0.15 * flops_ratio,
-            "forward_ms": seconds * 1e3,
+            "forward_ms": forward_s[label] * 1e3,
         }
 
     # one training step of each stage, relative to one anchor (stage 0) training step
@@ -148,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, the number of cores)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     ctrl = dymu.load(args.checkpoint) if args.checkpoint else dymu.Controller(dymu.backbones.lenet(), "fashion_digits")
     results = measure(ctrl, args.batch, args.repeats, args.seed)
