@@ -29,20 +29,6 @@ from dymu.anchor import tree_forward
 from dymu.checkpoint import versions
 from hyper import gumbel_softmax, most_likely_parents
 
-PREFERENCE = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _interleaved_median_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
     """Median seconds of each function, timed round-robin (one call of each per round)."""
     for fn in fns.values():
@@ -55,6 +41,10 @@ def _interleaved_median_seconds(fns: dict[str, Callable[[], object]], repeats: i
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    return _interleaved_median_seconds({"fn": fn}, repeats)["fn"]
 
 
 def _batch(ctrl: dymu.Controller, size: int, generator: torch.Generator):
@@ -89,7 +79,7 @@ def measure(ctrl: dymu.Controller, batch: int = 64, repeats: int = 20, seed: int
             build_times.append(time.perf_counter() - start)
 
     models = {
-        label: ctrl.build_model(PREFERENCE, budget, c=0.0 if label == "1" else None)
+        label: ctrl.build_model([1.0] * ctrl.n_tasks, budget, c=0.0 if label == "1" else None)
         for label, budget in (("minimum", ctrl.min_budget), ("0.5", 0.5), ("1", 1.0))
     }
     # the anchor and the derived models are timed in alternation, so that a slow spell of the machine
