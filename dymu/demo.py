@@ -104,8 +104,8 @@ def run_demo(
     plot_trees(
         [models[first].tree, models[second].tree],
         out / "derived_trees.png",
-        titles=[f"{first} ({models[first].info['flops'] / table.anchor_flops:.0%} of anchor FLOPs)",
-                f"{second} ({models[second].info['flops'] / table.anchor_flops:.0%} of anchor FLOPs)"],
+        titles=[f"{name} ({models[name].info['flops'] / table.anchor_flops:.0%} of the anchor's FLOPs, heads included)"
+                for name in (first, second)],
         layer_costs=list(table.block_flops),
     )
     results = {
