@@ -15,17 +15,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .adaptation import BatchNorm, BatchNormLayout, adapt_head_input, adapted_parameters, batchnorm_layers
 from .backbones.base import BlockBackbone
 from .tasks import Task
 
 __all__ = ["AnchorNet", "batchnorm_layers", "frozen_batchnorm_statistics", "run_tree", "tree_forward"]
-
-BatchNorm = nn.modules.batchnorm._BatchNorm
-
-
-def batchnorm_layers(block: nn.Module) -> list[tuple[str, BatchNorm]]:
-    """The affine BatchNorm layers of a block, in registration order, with their qualified names."""
-    return [(name, m) for name, m in block.named_modules() if isinstance(m, BatchNorm) and m.affine]
 
 
 @contextlib.contextmanager
@@ -79,8 +73,8 @@ class AnchorNet(nn.Module):
             self.eval()
             self.forward_single(torch.zeros(2, backbone.in_channels, *backbone.input_size))
             self.train(was)
-        self.bn_names = [[name for name, _ in batchnorm_layers(block)] for block in self.streams[0].blocks]
-        self.bn_channels = [[m.num_features for _, m in batchnorm_layers(block)] for block in self.streams[0].blocks]
+        self.layout = BatchNormLayout.of(self.streams[0].blocks)
+        self.head_channels = int(out_shape[0])
 
     @property
     def n_tasks(self) -> int:
@@ -143,17 +137,6 @@ class AnchorNet(nn.Module):
         return out
 
 
-def _node_params(block: nn.Module, bn_names: Sequence[str], deltas: Sequence[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
-    params: dict[str, Tensor] = {}
-    modules = dict(block.named_modules())
-    for name, (dgamma, dbeta) in zip(bn_names, deltas):
-        bn = modules[name]
-        prefix = f"{name}." if name else ""
-        params[prefix + "weight"] = bn.weight + dgamma
-        params[prefix + "bias"] = bn.bias + dbeta
-    return params
-
-
 def run_tree(
     assignment: Sequence[Sequence[int]],
     x: Tensor,
@@ -186,12 +169,14 @@ def tree_forward(
     assignment: Sequence[Sequence[int]],
     x: Tensor,
     node_deltas: Callable[[int, int], Sequence[tuple[Tensor, Tensor]] | None] | None = None,
+    head_adaptation: Callable[[int], Tensor | None] | None = None,
 ) -> dict[str, Tensor]:
     """Run only the nodes of one tree of the anchor: ``x [B, C, H, W]`` -> ``{task: prediction}``.
 
     ``node_deltas(l, i)`` returns the ``(dgamma, dbeta)`` pairs of node ``(l, i)``'s BatchNorm layers (or
-    None for the anchor's own), applied functionally so the anchor is never modified and gradients
-    reach the deltas.
+    None for the anchor's own) and ``head_adaptation(k)`` task ``k``'s head input adaptation
+    ``[2 * C]`` (or None); both are applied functionally (:mod:`dymu.adaptation`), so the anchor is
+    never modified and gradients reach them.
     """
 
     def run_node(layer: int, node: int, inp: Tensor) -> Tensor:
@@ -199,9 +184,12 @@ def tree_forward(
         deltas = node_deltas(layer, node) if node_deltas is not None else None
         if deltas is None:
             return block(inp)
-        return functional_call(block, _node_params(block, anchor.bn_names[layer], deltas), (inp,), strict=False)
+        return functional_call(block, adapted_parameters(block, anchor.layout, layer, deltas), (inp,), strict=False)
 
     def run_head(k: int, last: Tensor, skips: Sequence[Tensor]) -> Tensor:
+        packed = head_adaptation(k) if head_adaptation is not None else None
+        if packed is not None:
+            last = adapt_head_input(last, packed)
         return anchor.heads[anchor.task_names[k]](last, *skips)
 
     outputs = run_tree(assignment, x, run_node, run_head, anchor.skip_layers)

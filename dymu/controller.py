@@ -12,7 +12,7 @@ Typical use::
 
 from __future__ import annotations
 
-import math
+import copy
 import sys
 import time
 from collections import OrderedDict
@@ -27,14 +27,15 @@ from torch import Tensor
 
 from affinity.features import collect_features
 from affinity.rsa import AffinityResult, rsa_affinity
-from affinity.tree import Tree
-from hyper import EdgeHypernet, RegulariserConfig, WeightHypernet, most_likely_parents
+from hyper import EdgeHypernet, WeightHypernet, tree_code
 
-from .anchor import AnchorNet
+from .adaptation import Adaptation
+from .anchor import AnchorNet, tree_forward
 from .backbones.base import BlockBackbone
-from .budget import CostTable, shrink_to_budget
+from .budget import CostTable
 from .derived import DerivedModel, derive_model, recalibrate_batchnorm
 from .evaluation import EvaluationTable, evaluate_model
+from .planner import BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
 from .tasks import Task, check_tasks
 from .training import (
@@ -42,34 +43,13 @@ from .training import (
     EdgeConfig,
     WeightConfig,
     evaluate_streams,
+    to_device,
     train_anchor,
     train_edge,
     train_weights,
 )
 
 __all__ = ["Controller", "BuildPlan"]
-
-#: resource preferences tried when a budget is mapped to c (least frugal first)
-C_GRID = tuple(float(c) for c in np.linspace(0.0, 1.0, 21))
-
-
-class BuildPlan:
-    """What ``build_model`` decided for one request: the tree, the resource preference used, the cost."""
-
-    def __init__(self, tree: Tree, c: float, flops: int, params: int, shrunk: bool, preference: np.ndarray, budget: float | None):
-        self.tree, self.c, self.flops, self.params = tree, c, flops, params
-        self.shrunk, self.preference, self.budget = shrunk, preference, budget
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "preference": [float(v) for v in self.preference],
-            "budget": self.budget,
-            "c": self.c,
-            "flops": self.flops,
-            "params": self.params,
-            "shrunk": self.shrunk,
-            "tree": self.tree.to_dict(),
-        }
 
 
 class Controller:
@@ -79,7 +59,13 @@ class Controller:
         backbone: a :class:`~dymu.backbones.BlockBackbone` (the template of every stream).
         tasks: the N tasks (:class:`~dymu.Task`), or the name of a registered task set
             (``"multifashion"``, ``"fashion_digits"``, ...).
-        seed: seeds the heads' and hypernets' initialisation.
+        seed: controls every random draw of the controller: the streams' and heads' initialisation,
+            the hypernets' initialisation, and (unless a stage config sets its own) each stage's draws.
+            Two controllers built and trained with the same seed have identical weights on CPU,
+            whatever was drawn from the global generator before.
+        backbone_init: ``"seed"`` re-initialises the template's parameters from ``seed`` (so the
+            seed, not the global generator at the time the backbone was built, decides them);
+            ``"keep"`` keeps the backbone's weights as given (a pretrained backbone).
         embed_dim, edge_hidden, edge_depth, weight_hidden, weight_depth: hypernet sizes (paper: 32,
             100, 2, 100, 3).
     """
@@ -90,6 +76,7 @@ class Controller:
         tasks: Sequence[Task] | str,
         *,
         seed: int = 0,
+        backbone_init: str = "seed",
         embed_dim: int = 32,
         edge_hidden: int = 100,
         edge_depth: int = 2,
@@ -98,22 +85,37 @@ class Controller:
     ):
         from .registry import resolve_tasks
 
+        if backbone_init not in ("seed", "keep"):
+            raise ValueError(f"backbone_init must be 'seed' or 'keep', got {backbone_init!r}")
+        if not isinstance(backbone, BlockBackbone):
+            raise ValueError(
+                f"the backbone must be a dymu.backbones.BlockBackbone (an ordered list of blocks), got {type(backbone).__name__}"
+            )
         self.task_set = tasks if isinstance(tasks, str) else None
         self.tasks = check_tasks(resolve_tasks(tasks))
         if len(self.tasks) < 2:
             raise ValueError("a multi-task controller needs at least 2 tasks")
         self.task_names = [t.name for t in self.tasks]
+        self.seed = int(seed)
         self.hyper_config = {
-            "seed": seed, "embed_dim": embed_dim, "edge_hidden": edge_hidden, "edge_depth": edge_depth,
+            "seed": self.seed, "embed_dim": embed_dim, "edge_hidden": edge_hidden, "edge_depth": edge_depth,
             "weight_hidden": weight_hidden, "weight_depth": weight_depth,
         }
         self.backbone_recipe = getattr(backbone, "recipe", None)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.anchor = AnchorNet(backbone, self.tasks, seed=seed)
+            torch.manual_seed(self.seed)
+            if backbone_init == "seed":
+                backbone = copy.deepcopy(backbone)
+                for module in backbone.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+            self.anchor = AnchorNet(backbone, self.tasks, seed=self.seed)
             n, layers = len(self.tasks), self.anchor.n_layers
             self.edge = EdgeHypernet(n, layers, embed_dim=embed_dim, hidden=edge_hidden, depth=edge_depth)
-            self.weight = WeightHypernet(n, self.anchor.bn_channels, embed_dim=embed_dim, hidden=weight_hidden, depth=weight_depth)
+            self.weight = WeightHypernet(
+                n, self.anchor.layout.channels, embed_dim=embed_dim, hidden=weight_hidden, depth=weight_depth,
+                head_channels=self.anchor.head_channels, n_layers_tree=layers,
+            )
         self.anchor.eval()
         self.edge.eval()
         self.weight.eval()
@@ -121,10 +123,11 @@ class Controller:
         self.affinity: AffinityResult | None = None
         self.loss_scales = torch.ones(n)
         self.calibration: Tensor | None = None
+        self.control = "budget"
         self.bn_stats = "anchor"
-        self.regulariser = RegulariserConfig()
+        self.adapt_scope = "shared"
         self.stages: dict[str, Any] = {}
-        self._cache: OrderedDict[tuple, tuple[BuildPlan, list[Tensor]]] = OrderedDict()
+        self._cache: OrderedDict[tuple, tuple[BuildPlan, Adaptation | None]] = OrderedDict()
 
     # ------------------------------------------------------------------------------ facts
     @property
@@ -140,6 +143,12 @@ class Controller:
         """The smallest budget any tree meets: one stream plus every head, over the anchor's FLOPs."""
         return self.cost_table.min_budget
 
+    @property
+    def planner(self) -> Planner:
+        """The planner over the current edge hypernet, cost table, affinity and control mode."""
+        matrix = np.asarray(self.affinity.matrix) if self.affinity is not None else None
+        return Planner(self.edge, self.cost_table, self.task_names, matrix, self.control)
+
     def _device(self, device: str | torch.device | None) -> torch.device:
         if device is None:
             return next(self.anchor.parameters()).device
@@ -147,6 +156,9 @@ class Controller:
 
     def _invalidate(self) -> None:
         self._cache.clear()
+
+    def _seeded(self, config):
+        return config if config.seed is not None else replace(config, seed=self.seed)
 
     # --------------------------------------------------------------------------- stage 0
     def fit_anchor(
@@ -166,7 +178,7 @@ class Controller:
         validation loss, so a loss of 1 means "as good as single-task" for every task and loss
         magnitudes do not skew the preference. Without ``val`` the training data is used.
         """
-        config = config or AnchorConfig()
+        config = self._seeded(config or AnchorConfig())
         if steps is not None:
             config = replace(config, steps=steps)
         device = self._device(device)
@@ -211,7 +223,7 @@ class Controller:
         row-normalised), ``"cka"`` (linear CKA between the streams' features), or ``"auto"``: [choice]
         ``"pearson"`` for three or more tasks, ``"cka"`` for two, where row normalisation sets the only
         off-diagonal distance to 1 and every affinity to 0, which would switch the sharing term of the
-        regulariser (and with it the effect of ``c``) off.
+        regulariser off.
         """
         device = self._device(device)
         if n_samples < 3:
@@ -223,6 +235,7 @@ class Controller:
         models = {name: self.anchor.streams[i] for i, name in enumerate(self.task_names)}
         features = collect_features(models, inputs=inputs[:n_samples].to(device), max_samples=n_samples, spatial_size=32)
         self.affinity = rsa_affinity(features, measure=measure)
+        self.edge.set_affinity(self._affinity_tensor())
         self.stages["affinity"] = {"n_samples": int(min(n_samples, len(inputs))), "measure": measure}
         self._invalidate()
         return self.affinity
@@ -232,29 +245,95 @@ class Controller:
             raise ValueError("no task affinity yet: call fit_affinity(data) first (needed by the branching regulariser)")
         return torch.tensor(np.array(self.affinity.matrix), dtype=torch.float32)
 
+    # ------------------------------------------------------------------------ validation
+    def validation_requests(self) -> list[tuple[np.ndarray, float | None, float | None]]:
+        """The fixed ``(preference, budget, c)`` requests that stages 1 and 2 are selected on.
+
+        Preferences: uniform, one 0.7-focused preference per task, and three Dirichlet(1) draws (seeded
+        by the controller's seed). Budgets (budget mode): a quarter, 60% and all of the way from the
+        minimum to 1; ``c`` (paper mode): 1, 0.5 and 0.
+        """
+        n = self.n_tasks
+        prefs = [np.full(n, 1.0 / n)]
+        for k in range(n):
+            focus = np.full(n, 0.3 / (n - 1))
+            focus[k] = 0.7
+            prefs.append(focus)
+        prefs += list(np.random.default_rng(self.seed + 2203).dirichlet(np.ones(n), size=3))
+        if self.control == "paper":
+            return [(p, None, c) for p in prefs for c in (1.0, 0.5, 0.0)]
+        low = self.min_budget
+        budgets = [low + f * (1 - low) for f in (0.25, 0.6)] + [1.0]
+        return [(p, b, None) for p in prefs for b in budgets]
+
+    def _validation_score(self, batches: list, adapted: bool) -> float:
+        """Mean over :meth:`validation_requests` of ``sum_i r_i w_i L_i`` on ``batches`` (lower is better)."""
+        device = self._device(None)
+        planner = self.planner
+        scales = self.loss_scales.to(device)
+        cache: dict[tuple, Tensor] = {}
+        scores = []
+        with torch.no_grad():
+            for r, budget, c in self.validation_requests():
+                plan = planner.plan(r, budget, c)
+                adaptation = self._adaptation(plan) if adapted else None
+                key = (plan.tree.assignment, None if adaptation is None else (tuple(r), plan.c))
+                if key not in cache:
+                    cache[key] = self._tree_losses(plan.tree.assignment, adaptation, batches, device)
+                scores.append(float((torch.as_tensor(r, dtype=torch.float32, device=device) * scales * cache[key]).sum()))
+        return float(np.mean(scores))
+
+    def _tree_losses(self, assignment, adaptation: Adaptation | None, batches: list, device: torch.device) -> Tensor:
+        totals, count = torch.zeros(self.n_tasks, device=device), 0
+        for batch in batches:
+            x, targets = to_device(batch, device, self.task_names)
+            outputs = tree_forward(
+                self.anchor, assignment, x,
+                adaptation.node if adaptation is not None else None,
+                adaptation.head if adaptation is not None else None,
+            )
+            n = x.shape[0]
+            totals += torch.stack([t.loss(outputs[t.name], targets[t.name]).float() for t in self.tasks]) * n
+            count += n
+        return totals / max(count, 1)
+
     # --------------------------------------------------------------------------- stage 1
     def fit_edge(
         self,
         train: Iterable,
+        val: Iterable | None = None,
         *,
         steps: int | None = None,
         config: EdgeConfig | None = None,
         device: str | torch.device | None = None,
         verbose: bool = True,
+        val_samples: int = 512,
     ) -> dict[str, Any]:
-        """Stage 1: the edge hypernet on the frozen anchor with ``sum_i r_i w_i L_i + Omega``."""
-        config = config or EdgeConfig()
+        """Stage 1: the edge hypernet on the frozen anchor (see :class:`dymu.EdgeConfig` for the two
+        control modes). With ``val``, the hypernet is scored on :meth:`validation_requests` over the
+        first ``val_samples`` validation images every ``config.eval_every`` steps and the best state
+        is kept (model selection on validation only)."""
+        config = self._seeded(config or EdgeConfig())
         if steps is not None:
             config = replace(config, steps=steps)
         device = self._device(device)
         if self.calibration is None and config.bn_stats == "batch":
             raise ValueError("bn_stats='batch' needs calibration inputs: call fit_affinity(data) first")
-        result = train_edge(
-            self.anchor, self.edge, self.tasks, train, self._affinity_tensor(), self.loss_scales, config, device, verbose
-        )
+        self.control = config.control
         self.bn_stats = config.bn_stats
-        self.regulariser = config.regulariser
-        self.stages["edge"] = {"config": _jsonable(asdict(config)), "seconds": result["seconds"], "log": result["log"]}
+        self._invalidate()
+        select = None
+        if val is not None:
+            batches = _first_samples(val, val_samples)
+            select = lambda: self._validation_score(batches, adapted=False)  # noqa: E731
+        result = train_edge(
+            self.anchor, self.edge, self.tasks, train, self._affinity_tensor(), self.loss_scales, config, device, verbose,
+            cost_table=self.cost_table, select=select,
+        )
+        self.stages["edge"] = {
+            "config": _jsonable(asdict(config)), "seconds": result["seconds"], "log": result["log"],
+            "selection": result["selection"],
+        }
         self._invalidate()
         return result
 
@@ -262,21 +341,36 @@ class Controller:
     def fit_weights(
         self,
         train: Iterable,
+        val: Iterable | None = None,
         *,
         steps: int | None = None,
         config: WeightConfig | None = None,
         device: str | torch.device | None = None,
         verbose: bool = True,
+        val_samples: int = 512,
     ) -> dict[str, Any]:
-        """Stage 2: the weight hypernet (BatchNorm deltas) on the task loss, anchor and edge frozen."""
-        config = config or WeightConfig(bn_stats=self.bn_stats)
+        """Stage 2: the weight hypernet on the task loss of the trees the planner builds, anchor and
+        edge frozen; selection on ``val`` as in :meth:`fit_edge`."""
+        config = self._seeded(config or WeightConfig(bn_stats=self.bn_stats))
         if steps is not None:
             config = replace(config, steps=steps)
         device = self._device(device)
         if "edge" not in self.stages:
             raise ValueError("train the edge hypernet first: fit_edge(train)")
-        result = train_weights(self.anchor, self.edge, self.weight, self.tasks, train, self.loss_scales, config, device, verbose)
-        self.stages["weights"] = {"config": _jsonable(asdict(config)), "seconds": result["seconds"], "log": result["log"]}
+        self.adapt_scope = config.scope
+        self._invalidate()
+        select = None
+        if val is not None:
+            batches = _first_samples(val, val_samples)
+            select = lambda: self._validation_score(batches, adapted=True)  # noqa: E731
+        result = train_weights(
+            self.anchor, self.edge, self.weight, self.tasks, train, self.loss_scales, config, device, verbose,
+            planner=self.planner, select=select,
+        )
+        self.stages["weights"] = {
+            "config": _jsonable(asdict(config)), "seconds": result["seconds"], "log": result["log"],
+            "selection": result["selection"],
+        }
         self._invalidate()
         return result
 
@@ -289,60 +383,36 @@ class Controller:
         c: float | None = None,
     ) -> BuildPlan:
         """Decide the tree for a request without building the module (see :meth:`build_model`)."""
-        return self._plan_and_deltas(preferences, budget, c, want_deltas=False)[0]
+        return self._plan_and_adaptation(preferences, budget, c, adapted=False)[0]
 
-    @torch.no_grad()
-    def _plan_and_deltas(self, preferences, budget, c, want_deltas: bool) -> tuple[BuildPlan, list[Tensor] | None]:
+    def _adaptation(self, plan: BuildPlan) -> Adaptation:
+        device = self._device(None)
+        r = torch.tensor([plan.preference], dtype=torch.float32, device=device)
+        code = tree_code(plan.tree.assignment, self.n_tasks).to(device).unsqueeze(0)
+        with torch.no_grad():
+            nodes, heads = self.weight(r, torch.tensor([plan.c], dtype=torch.float32, device=device), code)
+        return Adaptation(self.weight, nodes, heads, plan.tree.assignment, self.adapt_scope)
+
+    def _plan_and_adaptation(self, preferences, budget, c, adapted: bool) -> tuple[BuildPlan, Adaptation | None]:
         r = normalize_preferences(preferences, self.task_names)
         if budget is None and c is None:
             budget = 1.0
         if budget is not None:
             budget = check_budget(budget)
-            # compared exactly as the guarantee is stated: FLOPs <= budget x anchor FLOPs
-            if budget * self.cost_table.anchor_flops < self.cost_table.min_flops:
-                minimum = math.ceil(self.min_budget * 1e6) / 1e6
-                raise ValueError(
-                    f"budget {budget:.6f} is below the cheapest tree (one stream plus the heads): "
-                    f"the minimum budget is {minimum:.6f} ({self.cost_table.min_flops} of "
-                    f"{self.cost_table.anchor_flops} FLOPs)"
-                )
         if c is not None:
             c = check_resource(c)
         key = (tuple(np.round(r, 12)), budget, c)
-        if key in self._cache:
+        cached = self._cache.get(key)
+        if cached is not None:
             self._cache.move_to_end(key)
-            plan, deltas = self._cache[key]
-            if deltas is not None or not want_deltas:
-                return plan, deltas
-        device = self._device(None)
-        table = self.cost_table
-        cs = [c] if c is not None else list(C_GRID)
-        rr = torch.tensor(r, dtype=torch.float32, device=device).expand(len(cs), -1)
-        logits = self.edge(rr, torch.tensor(cs, dtype=torch.float32, device=device))
-        trees = [most_likely_parents(logits[i]) for i in range(len(cs))]
-        allowed = None if budget is None else budget * table.anchor_flops
-        chosen = None
-        for ci, assignment in zip(cs, trees):
-            if allowed is None or table.tree_flops(assignment) <= allowed:
-                chosen = (ci, assignment)
-                break
-        shrunk = False
-        if chosen is None:
-            # no c fits: start from the most frugal tree and merge branches along the affinity
-            aff = np.asarray(self.affinity.matrix) if self.affinity is not None else np.ones((self.n_tasks, self.n_tasks))
-            chosen = (cs[-1], shrink_to_budget(trees[-1], allowed, table, r, aff))
-            shrunk = True
-        c_used, assignment = chosen
-        tree = Tree(self.task_names, assignment)
-        plan = BuildPlan(tree, c_used, table.tree_flops(assignment), table.tree_params(assignment), shrunk, r, budget)
-        deltas = None
-        if want_deltas:
-            cc = torch.tensor([c_used], dtype=torch.float32, device=device)
-            deltas = [d[0] for d in self.weight(rr[:1], cc)]
-        self._cache[key] = (plan, deltas)
+            if cached[1] is not None or not adapted:
+                return cached
+        plan = cached[0] if cached is not None else self.planner.plan(r, budget, c)
+        adaptation = self._adaptation(plan) if adapted else None
+        self._cache[key] = (plan, adaptation)
         if len(self._cache) > 256:
             self._cache.popitem(last=False)
-        return plan, deltas
+        return plan, adaptation
 
     def build_model(
         self,
@@ -357,19 +427,21 @@ class Controller:
         Args:
             preferences: task -> weight (every task, weights >= 0, not all zero), or weights in task
                 order; normalised to sum 1.
-            budget: the fraction of the full anchor's inference FLOPs allowed, in ``(0, 1]``. The
-                returned model's FLOPs (``FlopCounterMode``) never exceed ``budget`` times the anchor's.
-                [choice] The budget is mapped to the least frugal resource preference ``c`` of a grid
-                (0, 0.05, ..., 1) whose maximum-likelihood tree fits; if even ``c = 1`` does not fit, that
-                tree's branches are merged along the task affinity until it does (``model.info["shrunk"]``).
-            c: the paper's resource preference in ``[0, 1]`` instead of (or with) a budget; with ``c`` alone
-                no budget is enforced (the paper's protocol).
-            use_weight_hypernet: False builds the tree with the anchor's own BatchNorm (the paper's
+            budget: the fraction of the full anchor's inference FLOPs allowed, heads included, in
+                ``(0, 1]`` (default 1 when ``c`` is not given either). The returned model's FLOPs
+                (``FlopCounterMode``) never exceed ``budget`` times the anchor's. The planner
+                (:class:`dymu.planner.Planner`) asks the edge hypernet for a tree under this budget;
+                only when no proposal fits are branches merged along the task affinity
+                (``model.info["fallback"]``).
+            c: the resource input of the edge hypernet instead of (or with) a budget: the paper's ``c``
+                for a controller trained in paper mode, the budget pressure in budget mode; with ``c``
+                alone no budget is enforced (the paper's protocol).
+            use_weight_hypernet: False builds the tree with the anchor's own weights (the paper's
                 "without weight hypernet" baseline).
 
         Returns:
             a :class:`~dymu.derived.DerivedModel` in eval mode: ``model(x [B, C, H, W]) -> {task: pred}``,
-            ``model.tree``, ``model.flops()``, ``model.info``.
+            ``model.tree``, ``model.flops()``, ``model.info`` (the plan, see :class:`BuildPlan`).
 
         Raises:
             ValueError: bad preferences (NaN, infinite, negative, all zero, unknown or missing task,
@@ -377,12 +449,10 @@ class Controller:
                 the minimum), a ``c`` outside ``[0, 1]``.
         """
         start = time.perf_counter()
-        plan, deltas = self._plan_and_deltas(preferences, budget, c, want_deltas=use_weight_hypernet)
+        plan, adaptation = self._plan_and_adaptation(preferences, budget, c, adapted=use_weight_hypernet)
         info = plan.as_dict()
         info["weight_hypernet"] = use_weight_hypernet
-        model = derive_model(
-            self.anchor, plan.tree, deltas if use_weight_hypernet else None, self.weight.split, info=info
-        )
+        model = derive_model(self.anchor, plan.tree, adaptation, info=info)
         if self.bn_stats == "batch":
             if self.calibration is None:
                 raise ValueError("this controller re-estimates BatchNorm statistics but holds no calibration inputs")
@@ -425,6 +495,73 @@ class Controller:
         return EvaluationTable(self.task_names, rows, self.cost_table.anchor_flops)
 
     # --------------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that rebuilds this controller, as tensors and plain Python values
+        (:meth:`from_state` inverts it; :func:`dymu.checkpoint.save_controller` writes it to a file)."""
+        return {
+            "tasks": list(self.task_names),
+            "task_set": self.task_set,
+            "backbone": self.backbone_recipe,
+            "backbone_arch": self.anchor.backbone.arch,
+            "n_layers": self.n_layers,
+            "hyper_config": dict(self.hyper_config),
+            "anchor": self.anchor.state_dict(),
+            "edge": self.edge.state_dict(),
+            "weight": self.weight.state_dict(),
+            "affinity": self.affinity.to_dict() if self.affinity is not None else None,
+            "loss_scales": self.loss_scales.clone(),
+            "cost_table": self.cost_table.to_dict(),
+            # calibration inputs matter only when derived trees re-estimate BatchNorm statistics
+            "calibration": self.calibration if self.bn_stats == "batch" else None,
+            "control": self.control,
+            "bn_stats": self.bn_stats,
+            "adapt_scope": self.adapt_scope,
+            "stages": self.stages,
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, Any], *, tasks: Sequence[Task] | str | None = None, backbone: BlockBackbone | None = None
+    ) -> Controller:
+        """Rebuild a controller from :meth:`state_dict` (tasks and backbone by their registered names
+        unless given).
+
+        Raises:
+            ValueError: tasks or backbone needed but not given, or not matching the state; weights that
+                do not fit (``RuntimeError`` from ``load_state_dict`` is re-raised as ``ValueError``).
+        """
+        from .registry import build_backbone
+
+        if tasks is None:
+            if state.get("task_set") is None:
+                raise ValueError(f"trained on custom tasks {state['tasks']}: pass tasks=[...] to load it")
+            tasks = state["task_set"]
+        if backbone is None:
+            if state.get("backbone") is None:
+                raise ValueError(f"trained with a custom {state.get('backbone_arch')!r} backbone: pass backbone=... to load it")
+            backbone = build_backbone(state["backbone"])
+        ctrl = cls(backbone, tasks, backbone_init="keep", **state["hyper_config"])
+        if ctrl.task_names != list(state["tasks"]):
+            raise ValueError(f"the tasks given {ctrl.task_names} differ from the checkpoint's {state['tasks']}")
+        try:
+            ctrl.anchor.load_state_dict(state["anchor"])
+            ctrl.edge.load_state_dict(state["edge"])
+            ctrl.weight.load_state_dict(state["weight"])
+        except RuntimeError as error:
+            raise ValueError(f"the weights do not fit this backbone and these tasks: {error}") from error
+        ctrl.affinity = AffinityResult.from_dict(state["affinity"]) if state.get("affinity") else None
+        ctrl.loss_scales = state["loss_scales"].float().cpu()
+        ctrl.cost_table = CostTable.from_dict(state["cost_table"])
+        ctrl.calibration = state.get("calibration")
+        ctrl.control = state.get("control", "budget")
+        ctrl.bn_stats = state.get("bn_stats", "anchor")
+        ctrl.adapt_scope = state.get("adapt_scope", "shared")
+        ctrl.stages = state.get("stages", {})
+        ctrl.anchor.eval()
+        ctrl.edge.eval()
+        ctrl.weight.eval()
+        return ctrl
+
     def save(self, path: str | Path) -> Path:
         """Write everything needed to rebuild any model to ``path`` (atomically)."""
         from .checkpoint import save_controller
@@ -449,8 +586,21 @@ class Controller:
     def __repr__(self) -> str:
         return (
             f"Controller(tasks={self.task_names}, backbone={self.anchor.backbone.arch!r}, layers={self.n_layers}, "
-            f"stages={list(self.stages)})"
+            f"control={self.control!r}, stages={list(self.stages)})"
         )
+
+
+def _first_samples(data: Iterable, n: int) -> list:
+    """The first batches of ``data`` holding at least ``n`` samples (kept for repeated scoring)."""
+    out, seen = [], 0
+    for batch in data:
+        out.append(batch)
+        seen += batch[0].shape[0]
+        if seen >= n:
+            break
+    if not out:
+        raise ValueError("the validation data yielded no batch")
+    return out
 
 
 def _gather_inputs(data: Iterable | Tensor, n: int) -> Tensor:

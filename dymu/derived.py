@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from affinity.tree import Tree
 
-from .anchor import AnchorNet, batchnorm_layers, run_tree
+from .adaptation import Adaptation, AdaptedHead, write_adaptations
+from .anchor import AnchorNet, run_tree
 from .metrics.cost import count_flops, count_params
 
 __all__ = ["DerivedModel", "derive_model", "recalibrate_batchnorm"]
@@ -86,32 +87,33 @@ class DerivedModel(nn.Module):
 def derive_model(
     anchor: AnchorNet,
     tree: Tree,
-    node_deltas: Sequence[Tensor | None] | None = None,
-    split_deltas=None,
+    adaptation: Adaptation | None = None,
     info: Mapping[str, Any] | None = None,
 ) -> DerivedModel:
-    """Copy the tree's nodes out of the anchor and fold the BatchNorm deltas into their affine parameters.
+    """Copy the tree's nodes and heads out of the anchor and write the weight hypernet's adaptations
+    into them (:mod:`dymu.adaptation`: the same function training applies functionally).
 
     Args:
         anchor: the trained anchor.
         tree: the architecture; node ids are anchor streams.
-        node_deltas: per layer ``l`` a tensor ``[N, D_l]`` of packed deltas for every stream (one
-            preference), or None for the anchor's own BatchNorm.
-        split_deltas: ``split_deltas(l, packed [D_l]) -> [(dgamma, dbeta), ...]`` unpacking one node.
+        adaptation: the weight hypernet's output for this request and tree, or None for the anchor's
+            own weights.
+        info: how the model was built, kept as ``model.info``.
     """
     nodes: dict[str, nn.Module] = {}
     for layer in range(tree.n_layers):
         for node in tree.nodes(layer):
             block = copy.deepcopy(anchor.block(layer, node))
-            if node_deltas is not None and node_deltas[layer] is not None:
-                pairs = split_deltas(layer, node_deltas[layer][node])
-                with torch.no_grad():
-                    for (_, bn), (dgamma, dbeta) in zip(batchnorm_layers(block), pairs):
-                        bn.weight.add_(dgamma.to(bn.weight))
-                        bn.bias.add_(dbeta.to(bn.bias))
+            deltas = adaptation.node(layer, node) if adaptation is not None else None
+            if deltas is not None:
+                write_adaptations(block, anchor.layout, layer, deltas)
             block.requires_grad_(True)
             nodes[_key(layer, node)] = block
-    heads = {name: copy.deepcopy(anchor.heads[name]).requires_grad_(True) for name in anchor.task_names}
+    heads: dict[str, nn.Module] = {}
+    for k, name in enumerate(anchor.task_names):
+        head = copy.deepcopy(anchor.heads[name])
+        packed = adaptation.head(k) if adaptation is not None else None
+        heads[name] = (head if packed is None else AdaptedHead(head, packed)).requires_grad_(True)
     backbone = anchor.backbone
     model = DerivedModel(
         tree, nodes, heads, anchor.skip_layers, (backbone.in_channels, *backbone.input_size), info

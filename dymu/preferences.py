@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["normalize_preferences", "check_budget", "check_resource", "sample_preferences"]
+__all__ = ["normalize_preferences", "check_budget", "check_resource", "sample_preferences", "RequestSampler"]
 
 
 def normalize_preferences(preferences: Mapping[str, float] | Sequence[float], tasks: Sequence[str]) -> np.ndarray:
@@ -86,3 +87,33 @@ def sample_preferences(n_tasks: int, alpha: float, rng: np.random.Generator) -> 
         r = rng.dirichlet(np.full(n_tasks, float(alpha)))
         if np.isfinite(r).all() and r.sum() > 0:
             return r / r.sum(), float(rng.uniform())
+
+
+@dataclass(frozen=True)
+class RequestSampler:
+    """Draws training requests ``(r [N], budget or None, resource input)`` for the hypernets.
+
+    ``mode="budget"``: ``r ~ Dirichlet(alpha)``, then ``budget = 1`` with probability
+    ``full_budget_share``, else ``budget ~ U(min_budget, 1)``; the resource input is the budget pressure
+    ``(1 - budget) / (1 - min_budget)``. ``mode="paper"``: ``r ~ Dirichlet(alpha)``, ``c ~ U(0, 1)``, no
+    budget (the paper's draws, in the same order as :func:`sample_preferences`).
+
+    >>> r, budget, s = RequestSampler(3, 1.0, "budget", 0.4, 0.0)(np.random.default_rng(0))
+    >>> r.shape, 0.4 <= budget <= 1, abs(s - (1 - budget) / 0.6) < 1e-12
+    ((3,), True, True)
+    """
+
+    n_tasks: int
+    alpha: float
+    mode: str
+    min_budget: float = 0.0
+    full_budget_share: float = 0.2
+
+    def __call__(self, rng: np.random.Generator) -> tuple[np.ndarray, float | None, float]:
+        r, c = sample_preferences(self.n_tasks, self.alpha, rng)
+        if self.mode == "paper":
+            return r, None, c
+        if c < self.full_budget_share:
+            return r, 1.0, 0.0
+        budget = self.min_budget + (1.0 - self.min_budget) * float(rng.uniform())
+        return r, budget, (1.0 - budget) / (1.0 - self.min_budget)

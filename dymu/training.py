@@ -13,8 +13,8 @@ import copy
 import gc
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,12 +28,17 @@ from hyper import (
     TemperatureSchedule,
     WeightHypernet,
     branching_regulariser,
+    expected_cost_fraction,
     gumbel_softmax,
     most_likely_parents,
+    tree_code,
 )
 
+from .adaptation import Adaptation
 from .anchor import AnchorNet, frozen_batchnorm_statistics, tree_forward
-from .preferences import sample_preferences
+from .budget import CostTable
+from .planner import Planner
+from .preferences import RequestSampler
 from .progress import Progress
 from .tasks import Task
 
@@ -67,6 +72,8 @@ class AnchorConfig:
         eval_every: validate every this many steps (and at the end); each stream keeps its best
             validation checkpoint by its task's primary metric (model selection on validation only).
         amp: mixed precision (float16 with loss scaling on CUDA, bfloat16 on CPU).
+        seed: seeds the stage's random draws inside a forked generator (None: the controller's seed);
+            the global generator is left as it was.
     """
 
     steps: int = 2000
@@ -81,7 +88,7 @@ class AnchorConfig:
     step_milestones: tuple[float, ...] = (0.5, 0.75)
     step_gamma: float = 0.1
     amp: bool = False
-    seed: int = 0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -115,44 +122,76 @@ class EdgeConfig:
     Attributes:
         steps: paper 30K. ``lr`` Adam (paper 1e-3), multiplied by ``lr_decay`` (0.3) at the fractions
             ``lr_milestones`` of training (paper: every 14K of 30K steps).
+        control: ``"budget"`` (default, [choice] beyond the paper): each chunk draws a budget
+            ``b ~ U(min_budget, 1)`` (``b = 1`` with probability ``full_budget_share``), the hypernet
+            reads the budget pressure ``s = (1 - b) / (1 - min_budget)``, and the loss is
+            ``sum_i r_i w_i L_i + cost_weight * max(0, E[cost] - (b - budget_margin))
+            + under_weight * max(0, b - budget_slack - E[cost]) + s * lambda_A * L_active``,
+            with ``E[cost]`` the expected FLOPs of a tree drawn from the hypernet's parent probabilities
+            (fraction of the anchor's, heads included, :func:`hyper.expected_cost_fraction`) and
+            ``L_active`` the paper's affinity-weighted sharing term among active tasks (no inactive
+            term: when the budget does not bind, no task is forced to share). ``"paper"``: ``c ~ U(0, 1)``
+            and the paper's regulariser ``Omega``.
+        cost_weight, budget_margin, full_budget_share: the budget mode's cost term (see ``control``).
+        under_weight, budget_slack: [choice] a weaker term against trees far cheaper than the budget,
+            so that a budget that is given gets used.
         tau_start, tau_decay, n_decays: Gumbel temperature 5, x0.97, 100 times over training (paper:
             every 300 of 30K steps).
         routing: [choice] ``"soft"`` (default: child input = sum_i nu_j(i) y_i, the Gumbel-softmax
-            relaxation) or ``"hard"`` (straight-through one-hot samples). Measured on fashion_digits
-            with the regulariser switched off, where the anchor is the optimum: soft routing keeps the
-            anchor tree, while straight-through gradients (a linearisation across very different
-            streams' features) walk away from it to trees with a much higher loss.
-        dirichlet_alpha: training preferences r ~ Dirichlet(alpha); c ~ U(0, 1). [choice] 1.0
-            (uniform on the simplex) where the paper uses 0.2: with 0.2 most sampled preferences
-            leave a single task active, the inactive loss then forces sharing whatever c is, and the
-            controller learns less of what c should do when several tasks matter (on multifashion it
-            gave lower hypervolume at c = 0 and a narrower range of costs between c = 0 and c = 1).
-        prefs_per_step: [choice] the batch is split into this many chunks, each with its own (r, c)
-            (paper: one preference per batch); more preferences per step at the same cost.
+            relaxation) or ``"hard"`` (straight-through one-hot samples) for the first
+            ``1 - hard_fraction`` of training. Measured on fashion_digits with the regulariser switched
+            off, where the anchor is the optimum: soft routing keeps the anchor tree, while
+            straight-through gradients from the start walk away from it.
+        hard_fraction: the last fraction of steps routes with straight-through hard samples, so that
+            training ends on the discrete trees inference builds.
+        dirichlet_alpha: training preferences r ~ Dirichlet(alpha). [choice] 1.0 (uniform on the
+            simplex) where the paper uses 0.2: with 0.2 most sampled preferences leave a single task
+            active, and the controller learns less of what to do when several tasks matter.
+        prefs_per_step: [choice] the batch is split into this many chunks, each with its own request
+            (paper: one preference per batch); more requests per step at the same cost.
+        eval_every: with validation data, score the hypernet every this many steps (and at the end) on
+            fixed validation requests and keep the best (None: four times per stage).
         bn_stats: ``"anchor"``: BatchNorm uses the anchor's running statistics throughout (the model
             that is deployed); ``"batch"``: batch statistics as in the paper (frozen running stats).
         regulariser: Omega's weights and ablation switches.
         amp: mixed precision for the anchor's forward (see :class:`AnchorConfig`).
+        seed: seeds preference draws and Gumbel noise (None: the controller's seed).
     """
 
     steps: int = 30000
     lr: float = 1e-3
     lr_decay: float = 0.3
     lr_milestones: tuple[float, ...] = (14 / 30, 28 / 30)
+    control: str = "budget"
+    cost_weight: float = 20.0
+    budget_margin: float = 0.02
+    under_weight: float = 5.0
+    budget_slack: float = 0.1
+    full_budget_share: float = 0.2
     tau_start: float = 5.0
     tau_decay: float = 0.97
     n_decays: int = 100
     routing: str = "soft"
+    hard_fraction: float = 0.25
     dirichlet_alpha: float = 1.0
     prefs_per_step: int = 4
+    eval_every: int | None = None
     bn_stats: str = "anchor"
     regulariser: RegulariserConfig = field(default_factory=RegulariserConfig)
     amp: bool = False
-    seed: int = 0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.routing not in ("soft", "hard"):
             raise ValueError(f"routing must be 'soft' or 'hard', got {self.routing!r}")
+        if self.control not in ("budget", "paper"):
+            raise ValueError(f"control must be 'budget' or 'paper', got {self.control!r}")
+        if not 0 <= self.hard_fraction <= 1:
+            raise ValueError(f"hard_fraction must lie in [0, 1], got {self.hard_fraction}")
+        if not 0 <= self.full_budget_share <= 1:
+            raise ValueError(f"full_budget_share must lie in [0, 1], got {self.full_budget_share}")
+        if self.cost_weight < 0 or self.budget_margin < 0:
+            raise ValueError("cost_weight and budget_margin must be >= 0")
         _check_common(self)
 
 
@@ -161,9 +200,13 @@ class WeightConfig:
     """Stage 2: the weight hypernet, task loss only, anchor and edge hypernet frozen.
 
     Attributes:
-        tree: ``"ml"`` trains on the maximum-likelihood tree of each (r, c) (what inference builds);
-            ``"sample"`` on hard Gumbel samples at the final temperature ``sample_tau``.
-        Others as in :class:`EdgeConfig`.
+        tree: ``"ml"`` trains on the tree the planner builds for each sampled request (what inference
+            builds, fallback merges included); ``"sample"`` on hard Gumbel samples at ``sample_tau``.
+        scope: ``"shared"`` (default, [choice]): only nodes and heads that sharing touches are adapted
+            (:func:`dymu.adaptation.adapted_nodes`), so the unshared tree stays exactly the anchor;
+            ``"all"``: every node and head (the paper adapts every node).
+        Others as in :class:`EdgeConfig`; requests are drawn as the edge hypernet's control mode
+        draws them.
     """
 
     steps: int = 30000
@@ -171,16 +214,21 @@ class WeightConfig:
     lr_decay: float = 0.3
     lr_milestones: tuple[float, ...] = (14 / 30, 28 / 30)
     tree: str = "ml"
+    scope: str = "shared"
     sample_tau: float = 0.25
     dirichlet_alpha: float = 1.0
+    full_budget_share: float = 0.2
     prefs_per_step: int = 4
+    eval_every: int | None = None
     bn_stats: str = "anchor"
     amp: bool = False
-    seed: int = 0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.tree not in ("ml", "sample"):
             raise ValueError(f"tree must be 'ml' or 'sample', got {self.tree!r}")
+        if self.scope not in ("shared", "all"):
+            raise ValueError(f"scope must be 'shared' or 'all', got {self.scope!r}")
         _check_common(self)
 
 
@@ -193,6 +241,8 @@ def _check_common(config: Any) -> None:
         raise ValueError(f"bn_stats must be 'anchor' or 'batch', got {config.bn_stats!r}")
     if config.dirichlet_alpha <= 0:
         raise ValueError(f"dirichlet_alpha must be > 0, got {config.dirichlet_alpha}")
+    if config.eval_every is not None and config.eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {config.eval_every}")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -357,7 +407,13 @@ def train_anchor(
     averaged over ranks; at the end rank 0's state (BatchNorm statistics included) goes to every rank. Returns ``{"history": [...], "best": {task: metrics}, "seconds": s}``.
     """
     rank, _ = _rank_world()
-    torch.manual_seed(config.seed + rank)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(_stage_seed(config) + rank)
+        return _train_anchor(anchor, tasks, train, val, config, device, verbose, rank)
+
+
+def _train_anchor(anchor, tasks, train, val, config, device, verbose, rank) -> dict[str, Any]:
     names = [t.name for t in tasks]
     anchor.to(device).train()
     model = _maybe_ddp(anchor, device)
@@ -407,6 +463,50 @@ def train_anchor(
     return {"history": history, "best": best_metrics, "seconds": time.time() - start}
 
 
+# ------------------------------------------------------------------------------- selection
+class _KeepBest:
+    """The module's state at its best validation score (lower is better), restored at the end."""
+
+    def __init__(self, module: nn.Module, device: torch.device):
+        self.module, self.device = module, device
+        self.score: float | None = None
+        self.step: int | None = None
+        self.state: dict[str, Tensor] | None = None
+        self.history: list[dict[str, float]] = []
+
+    def offer(self, score: float, step: int) -> bool:
+        score = _mean_scalar_over_ranks(score, self.device)
+        self.history.append({"step": step, "score": score})
+        if self.score is not None and not score < self.score:
+            return False
+        self.score, self.step = score, step
+        self.state = copy.deepcopy(self.module.state_dict())
+        return True
+
+    def restore(self) -> None:
+        if self.state is not None:
+            self.module.load_state_dict(self.state)
+
+    def summary(self) -> dict[str, Any]:
+        return {"best_step": self.step, "best_score": self.score, "history": self.history}
+
+
+def _mean_scalar_over_ranks(value: float, device: torch.device) -> float:
+    if _rank_world()[1] == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / _rank_world()[1]
+
+
+def _eval_points(config: Any) -> int:
+    return config.eval_every or max(1, math.ceil(config.steps / 4))
+
+
+def _stage_seed(config: Any) -> int:
+    return 0 if config.seed is None else int(config.seed)
+
+
 # --------------------------------------------------------------------------------- stage 1
 def train_edge(
     anchor: AnchorNet,
@@ -418,25 +518,44 @@ def train_edge(
     config: EdgeConfig,
     device: torch.device,
     verbose: bool = True,
+    *,
+    cost_table: CostTable | None = None,
+    select: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """Stage 1: train the edge hypernet on the frozen anchor with ``sum_i r_i w_i L_i + Omega``.
+    """Stage 1: train the edge hypernet on the frozen anchor.
 
-    Each step samples ``(r, c)`` per chunk, Gumbel-softmax parent choices ``nu [L, N, N]`` from
-    ``h(r, c)`` at the scheduled temperature, routes every node of the anchor through ``nu`` and
-    back-propagates into the hypernet only.
+    Each step draws a request per chunk (see :class:`EdgeConfig` ``control``), Gumbel-softmax parent
+    choices ``nu [L, N, N]`` from the hypernet's logits at the scheduled temperature, routes every node
+    of the anchor through ``nu`` and back-propagates into the hypernet only. ``cost_table`` is needed in
+    budget mode. ``select()`` (lower is better) scores the hypernet on validation requests every
+    ``eval_every`` steps; the best-scoring state is kept.
     """
+    if config.control == "budget" and cost_table is None:
+        raise ValueError("the budget control mode needs the cost table (cost_table=controller.cost_table)")
     rank, _ = _rank_world()
-    rng = np.random.default_rng(config.seed + rank)
-    noise = torch.Generator().manual_seed(config.seed + 7919 * (rank + 1))
+    seed = _stage_seed(config)
+    rng = np.random.default_rng(seed + rank)
+    noise = torch.Generator().manual_seed(seed + 7919 * (rank + 1))
     names = [t.name for t in tasks]
+    sampler = RequestSampler(
+        len(tasks), config.dirichlet_alpha, config.control,
+        cost_table.min_budget if cost_table is not None else 0.0, config.full_budget_share,
+    )
     anchor.to(device).requires_grad_(False)
     edge.to(device).train()
     affinity = affinity.to(device)
     loss_scales = loss_scales.to(device)
+    sharing = replace(config.regulariser, use_inactive=False)
+    if cost_table is not None:
+        block_flops = torch.tensor(cost_table.block_flops, dtype=torch.float32, device=device)
+        head_flops, anchor_flops = float(sum(cost_table.head_flops)), float(cost_table.anchor_flops)
     model = _maybe_ddp(edge, device)
     optimizer = adam(edge.parameters(), lr=config.lr)
     scheduler = _multistep(optimizer, config.steps, config.lr_milestones, config.lr_decay)
     schedule = TemperatureSchedule.for_steps(config.steps, config.tau_start, config.tau_decay, config.n_decays)
+    hard_from = int(round((1 - config.hard_fraction) * config.steps))
+    eval_every = _eval_points(config)
+    keep = _KeepBest(edge, device)
     batches = cycle(train)
     start = time.time()
     log = []
@@ -445,32 +564,48 @@ def train_edge(
     with frozen_batchnorm_statistics(anchor), _progress(config.steps, "edge", rank, verbose) as progress:
         for step in range(1, config.steps + 1):
             tau = schedule(step - 1)
+            hard = config.routing == "hard" or step > hard_from
             x, targets = to_device(next(batches), device, names)
             optimizer.zero_grad(set_to_none=True)
             chunks = _chunks(x, targets, config.prefs_per_step)
-            task_total = omega_total = 0.0
+            task_total = extra_total = cost_total = 0.0
             for xc, tc in chunks:
-                r_np, c = sample_preferences(len(tasks), config.dirichlet_alpha, rng)
+                r_np, budget, level = sampler(rng)
                 r = torch.tensor(r_np, dtype=torch.float32, device=device)
-                logits = model(r.unsqueeze(0), torch.tensor([c], device=device))[0]
-                nu = gumbel_softmax(logits, tau, hard=config.routing == "hard", generator=noise)
+                logits = model(r.unsqueeze(0), torch.tensor([level], device=device))[0]
+                nu = gumbel_softmax(logits, tau, hard=hard, generator=noise)
                 with precision.autocast():
                     outputs = anchor.routed_forward(xc, nu)
                     task_loss, _ = _weighted_loss(outputs, tc, tasks, r * loss_scales)
-                omega, _ = branching_regulariser(nu, r, c, affinity, config.regulariser)
-                precision.backward((task_loss.float() + omega) / len(chunks))
+                if config.control == "budget":
+                    cost = expected_cost_fraction(logits.float().softmax(-1), block_flops, head_flops, anchor_flops)
+                    over = torch.relu(cost - (budget - config.budget_margin))
+                    under = torch.relu(budget - config.budget_slack - cost)
+                    omega, _ = branching_regulariser(nu, r, level, affinity, sharing)
+                    extra = config.cost_weight * over + config.under_weight * under + omega
+                    cost_total += float(cost.detach()) / len(chunks)
+                else:
+                    extra, _ = branching_regulariser(nu, r, level, affinity, config.regulariser)
+                precision.backward((task_loss.float() + extra) / len(chunks))
                 task_total += float(task_loss.detach()) / len(chunks)
-                omega_total += float(omega.detach()) / len(chunks)
+                extra_total += float(extra.detach()) / len(chunks)
             precision.step(optimizer)
             scheduler.step()
-            progress.update(step, task=task_total, omega=omega_total, tau=tau)
+            progress.update(step, task=task_total, reg=extra_total, cost=cost_total, tau=tau)
             if step % max(1, config.steps // 50) == 0 or step == config.steps:
-                log.append({"step": step, "task_loss": task_total, "omega": omega_total, "tau": tau})
+                log.append({"step": step, "task_loss": task_total, "regulariser": extra_total, "expected_cost": cost_total, "tau": tau})
+            if select is not None and (step % eval_every == 0 or step == config.steps):
+                edge.eval()
+                score = select()
+                edge.train()
+                kept = keep.offer(score, step)
+                progress.log(f"val score {keep.history[-1]['score']:.4f}" + ("  (best so far)" if kept else ""))
+    keep.restore()
     model = None  # noqa: F841  (drop the DDP wrapper before the next stage)
     _collect_if_distributed()
     anchor.eval()
     edge.eval()
-    return {"log": log, "seconds": time.time() - start}
+    return {"log": log, "seconds": time.time() - start, "selection": keep.summary()}
 
 
 # --------------------------------------------------------------------------------- stage 2
@@ -484,16 +619,22 @@ def train_weights(
     config: WeightConfig,
     device: torch.device,
     verbose: bool = True,
+    *,
+    planner: Planner,
+    select: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """Stage 2: train the weight hypernet on the task loss of the trees the frozen edge hypernet picks.
+    """Stage 2: train the weight hypernet on the task loss of the trees the frozen planner builds.
 
-    Only the nodes of each step's tree run; their BatchNorm affine parameters become
-    ``gamma + dgamma``, ``beta + dbeta`` with the deltas ``hbar(r, c)``.
+    Only the nodes of each step's tree run; the nodes and heads that sharing touches (``config.scope``)
+    get the hypernet's adaptations for the request and the tree (:mod:`dymu.adaptation`). ``select()``
+    as in :func:`train_edge`.
     """
     rank, _ = _rank_world()
-    rng = np.random.default_rng(config.seed + rank)
-    noise = torch.Generator().manual_seed(config.seed + 104729 * (rank + 1))
+    seed = _stage_seed(config)
+    rng = np.random.default_rng(seed + rank)
+    noise = torch.Generator().manual_seed(seed + 104729 * (rank + 1))
     names = [t.name for t in tasks]
+    sampler = RequestSampler(len(tasks), config.dirichlet_alpha, planner.mode, planner.table.min_budget, config.full_budget_share)
     anchor.to(device).requires_grad_(False)
     edge.to(device).requires_grad_(False).eval()
     weight.to(device).train()
@@ -501,6 +642,8 @@ def train_weights(
     model = _maybe_ddp(weight, device)
     optimizer = adam(weight.parameters(), lr=config.lr)
     scheduler = _multistep(optimizer, config.steps, config.lr_milestones, config.lr_decay)
+    eval_every = _eval_points(config)
+    keep = _KeepBest(weight, device)
     batches = cycle(train)
     start = time.time()
     log = []
@@ -513,22 +656,24 @@ def train_weights(
             chunks = _chunks(x, targets, config.prefs_per_step)
             total = 0.0
             for xc, tc in chunks:
-                r_np, c = sample_preferences(len(tasks), config.dirichlet_alpha, rng)
+                r_np, budget, level = sampler(rng)
                 r = torch.tensor(r_np, dtype=torch.float32, device=device)
-                cc = torch.tensor([c], device=device)
-                with torch.no_grad():
-                    logits = edge(r.unsqueeze(0), cc)[0]
-                    if config.tree == "sample":
-                        logits = gumbel_softmax(logits, config.sample_tau, hard=True, generator=noise)
-                assignment = most_likely_parents(logits)
-                deltas = model(r.unsqueeze(0), cc)
-
-                def node_deltas(layer: int, node: int, deltas=deltas):
-                    return weight.split(layer, deltas[layer][0, node])
-
+                if config.tree == "ml":
+                    plan = planner.plan(r_np, budget=budget, c=None if budget is not None else level)
+                    assignment, level = plan.tree.assignment, plan.c
+                else:
+                    with torch.no_grad():
+                        logits = edge(r.unsqueeze(0), torch.tensor([level], device=device))[0]
+                        sample = gumbel_softmax(logits, config.sample_tau, hard=True, generator=noise)
+                    assignment = most_likely_parents(sample)
+                code = tree_code(assignment, len(tasks)).to(device)
+                node_deltas, head_deltas = model(r.unsqueeze(0), torch.tensor([level], device=device), code.unsqueeze(0))
+                adapt = Adaptation(weight, node_deltas, head_deltas, assignment, config.scope)
                 with precision.autocast():
-                    outputs = tree_forward(anchor, assignment, xc, node_deltas)
+                    outputs = tree_forward(anchor, assignment, xc, adapt.node, adapt.head)
                     loss, _ = _weighted_loss(outputs, tc, tasks, r * loss_scales)
+                # trees that sharing does not touch use no adaptation; keep the graph (and DDP) connected
+                loss = loss + 0.0 * sum(d.sum() for d in [*node_deltas, *([head_deltas] if head_deltas is not None else [])])
                 precision.backward(loss.float() / len(chunks))
                 total += float(loss.detach()) / len(chunks)
             precision.step(optimizer)
@@ -536,8 +681,15 @@ def train_weights(
             progress.update(step, loss=total)
             if step % max(1, config.steps // 50) == 0 or step == config.steps:
                 log.append({"step": step, "loss": total})
+            if select is not None and (step % eval_every == 0 or step == config.steps):
+                weight.eval()
+                score = select()
+                weight.train()
+                kept = keep.offer(score, step)
+                progress.log(f"val score {keep.history[-1]['score']:.4f}" + ("  (best so far)" if kept else ""))
+    keep.restore()
     model = None  # noqa: F841  (drop the DDP wrapper before the next stage)
     _collect_if_distributed()
     anchor.eval()
     weight.eval()
-    return {"log": log, "seconds": time.time() - start}
+    return {"log": log, "seconds": time.time() - start, "selection": keep.summary()}

@@ -19,8 +19,16 @@ class EdgeHypernet(nn.Module):
     hidden layers of width ``hidden`` (paper: 32, 2, 100), then one linear head of size ``N x N`` per
     decision.
 
-    [choice] The heads start with zero weights and a bias of ``init_own_stream`` on the diagonal, so
+    [choice] The heads start with small weights and a bias of ``init_own_stream`` on the diagonal, so
     training starts from the anchor (every node reading its own stream) rather than from a random tree.
+
+    [choice] Structured preference terms, scaled by the resource input ``c`` (the budget pressure in
+    budget mode, 0 when the whole anchor fits): child ``j``'s logit for its own stream gets
+    ``c * a_l * log(N r_j)`` and every child's logit for parent ``i`` gets
+    ``c * (b_l * log(N r_i) + g_l * Aff(j, i))``, with learnable gains ``a, b, g`` per decision (start 1).
+    Under a binding budget a preferred task keeps its own stream and the others move to preferred,
+    similar streams; at ``c = 0`` the terms vanish. The MLP learns the rest. Without them, a few
+    hundred CPU steps learn trees that follow the budget but barely the preference.
     """
 
     def __init__(
@@ -40,15 +48,31 @@ class EdgeHypernet(nn.Module):
         self.embedding = PreferenceEmbedding(n_tasks, embed_dim)
         self.body = mlp(embed_dim, hidden, depth)
         self.heads = nn.ModuleList(nn.Linear(hidden, n_tasks * n_tasks) for _ in range(n_decisions))
+        self.own_gain = nn.Parameter(torch.ones(n_decisions))
+        self.parent_gain = nn.Parameter(torch.ones(n_decisions))
+        self.affinity_gain = nn.Parameter(torch.ones(n_decisions))
+        self.register_buffer("affinity", torch.zeros(n_tasks, n_tasks))
         with torch.no_grad():
             for head in self.heads:
                 head.weight.mul_(0.1)
                 head.bias.copy_(torch.eye(n_tasks).flatten() * init_own_stream)
 
+    def set_affinity(self, affinity: Tensor) -> None:
+        """Use task affinity ``[N, N]`` in the structured parent term (zeros: no affinity term)."""
+        affinity = torch.as_tensor(affinity, dtype=self.affinity.dtype, device=self.affinity.device)
+        if affinity.shape != self.affinity.shape:
+            raise ValueError(f"affinity must be {tuple(self.affinity.shape)}, got {tuple(affinity.shape)}")
+        self.affinity.copy_(affinity)
+
     def forward(self, r: Tensor, c: Tensor) -> Tensor:
+        """``r [B, N]``, ``c [B]`` -> logits ``[B, L, N, N]``."""
         hidden = self.body(self.embedding(r, c))
-        logits = [head(hidden).view(-1, self.n_tasks, self.n_tasks) for head in self.heads]
-        return torch.stack(logits, dim=1)
+        logits = torch.stack([head(hidden).view(-1, self.n_tasks, self.n_tasks) for head in self.heads], dim=1)
+        log_r = torch.log(r.clamp_min(1e-4) * self.n_tasks)  # [B, N]; 0 at the uniform preference
+        own = torch.diag_embed(log_r).unsqueeze(1) * self.own_gain.view(1, -1, 1, 1)  # [B, L, N, N]
+        parent = log_r.view(-1, 1, 1, self.n_tasks) * self.parent_gain.view(1, -1, 1, 1)
+        similar = self.affinity.view(1, 1, self.n_tasks, self.n_tasks) * self.affinity_gain.view(1, -1, 1, 1)
+        return logits + c.view(-1, 1, 1, 1) * (own + parent + similar)
 
 
 def most_likely_parents(logits: Tensor) -> list[list[int]]:

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import dymu
+from dymu.adaptation import Adaptation
 from dymu.anchor import tree_forward
+from hyper import tree_code
 from dymu.metrics import count_flops
 
 from _tiny import make_controller, tiny_batches
@@ -120,12 +122,13 @@ def test_a_shared_node_runs_once_and_flops_are_the_sum_of_node_costs(controller)
 def test_derived_model_matches_the_functional_tree_forward_with_deltas(controller):
     model = controller.build_model([0.5, 0.3, 0.2], 0.8)
     r = torch.tensor([[0.5, 0.3, 0.2]])
-    deltas = controller.weight(r, torch.tensor([model.info["c"]]))
+    code = tree_code(model.tree.assignment, controller.n_tasks).unsqueeze(0)
+    nodes, heads = controller.weight(r, torch.tensor([model.info["c"]]), code)
+    adaptation = Adaptation(controller.weight, nodes, heads, model.tree.assignment, controller.adapt_scope)
+    assert any(any(row) for row in adaptation.node_mask), "the test needs a tree with adapted nodes"
     x = torch.rand(6, 1, 36, 36)
     with torch.no_grad():
-        expected = tree_forward(
-            controller.anchor, model.tree.assignment, x, lambda l, n: controller.weight.split(l, deltas[l][0, n])
-        )
+        expected = tree_forward(controller.anchor, model.tree.assignment, x, adaptation.node, adaptation.head)
         got = model(x)
     for name in controller.task_names:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5)

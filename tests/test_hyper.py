@@ -15,6 +15,7 @@ from hyper import (
     branching_regulariser,
     gumbel_softmax,
     most_likely_parents,
+    tree_code,
     usage_probability,
 )
 
@@ -162,10 +163,14 @@ def test_inactive_tasks_copy_the_nearest_active_task():
 
 
 def test_weight_hypernet_starts_at_zero_deltas_and_splits_per_batchnorm():
-    weight = WeightHypernet(3, [[4, 6], [5]])
-    deltas = weight(torch.full((2, 3), 1 / 3), torch.tensor([0.1, 0.9]))
+    weight = WeightHypernet(3, [[4, 6], [5]], head_channels=7, n_layers_tree=2)
+    code = torch.stack([tree_code([[0, 1, 2], [0, 1, 2]], 3), tree_code([[0, 0, 0], [0, 0, 0]], 3)])
+    deltas, heads = weight(torch.full((2, 3), 1 / 3), torch.tensor([0.1, 0.9]), code)
     assert [d.shape for d in deltas] == [(2, 3, 20), (2, 3, 10)]
-    assert all(d.abs().max() == 0 for d in deltas)
+    assert heads.shape == (2, 3, 14)
+    assert all(d.abs().max() == 0 for d in [*deltas, heads])
+    with pytest.raises(ValueError, match="tree_code"):
+        weight(torch.full((2, 3), 1 / 3), torch.tensor([0.1, 0.9]))
     node = torch.arange(20.0)
     pairs = weight.split(0, node)
     assert [(g.tolist(), b.tolist()) for g, b in pairs] == [

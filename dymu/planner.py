@@ -1,0 +1,167 @@
+"""The planner: from a request (task preference, budget or resource preference) to a tree.
+
+The edge hypernet proposes the most likely tree; the planner picks which hypernet input to ask with,
+checks the cost against the budget on the cost table, and, only when no proposal fits, merges branches
+along the task affinity (:func:`dymu.budget.shrink_to_budget`, counted as a fallback).
+
+Two control modes, fixed when the edge hypernet is trained (:class:`dymu.EdgeConfig` ``control``):
+
+* ``"budget"`` (default, [choice] beyond the paper): the hypernet was trained on (preference, budget)
+  pairs with an expected-cost term. Its resource input is the budget pressure
+  ``s = (1 - b) / (1 - min_budget)`` (:func:`hyper.budget_pressure`). For a budget ``b`` the planner asks
+  for the hypernet's trees along a grid of pressures, least frugal first, and keeps the first that
+  fits: the request gets the richest learned tree for its preference that the budget allows, not
+  only the one proposed at exactly ``s(b)`` (which after short training is often cheaper than it
+  needs to be).
+* ``"paper"``: the hypernet's input is the paper's resource preference ``c``; a budget is met by the
+  least frugal ``c`` of a 21-point grid whose tree fits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from affinity.tree import Tree
+from hyper import EdgeHypernet, most_likely_parents
+
+from .budget import CostTable, shrink_to_budget
+
+__all__ = ["BuildPlan", "Planner", "CONTROL_MODES"]
+
+CONTROL_MODES = ("budget", "paper")
+
+#: resource inputs tried, least frugal first: the paper's 21-point c grid; 41 budget pressures
+GRID_POINTS = 21
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What the planner decided for one request.
+
+    Attributes:
+        tree: the architecture (a :class:`affinity.Tree`; node id = anchor stream).
+        preference: the normalised task preference ``[N]``.
+        budget: the FLOP budget asked for (fraction of the anchor's, heads included), or None.
+        c: the edge hypernet's resource input that proposed the tree (``c`` in paper mode, the budget
+            pressure ``s`` in budget mode); also the weight hypernet's.
+        flops, params: per-image cost of the tree, from the cost table.
+        fallback: True when no proposal fitted and branches were merged after the hypernet.
+        mode: ``"budget"`` or ``"paper"``.
+    """
+
+    tree: Tree
+    preference: tuple[float, ...]
+    budget: float | None
+    c: float
+    flops: int
+    params: int
+    fallback: bool
+    mode: str
+
+    @property
+    def shrunk(self) -> bool:
+        """The former name of :attr:`fallback`."""
+        return self.fallback
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "preference": list(self.preference),
+            "budget": self.budget,
+            "c": self.c,
+            "mode": self.mode,
+            "flops": self.flops,
+            "params": self.params,
+            "fallback": self.fallback,
+            "shrunk": self.fallback,
+            "tree": self.tree.to_dict(),
+        }
+
+
+class Planner:
+    """Turns requests into :class:`BuildPlan` objects with one edge hypernet and one cost table.
+
+    Args:
+        edge: the (trained) edge hypernet.
+        cost_table: per-block and per-head costs.
+        task_names: the N tasks, in order.
+        affinity: ``[N, N]`` task affinity for the fallback merge (None: all tasks alike).
+        mode: ``"budget"`` or ``"paper"`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        edge: EdgeHypernet,
+        cost_table: CostTable,
+        task_names: Sequence[str],
+        affinity: np.ndarray | None,
+        mode: str = "budget",
+    ):
+        if mode not in CONTROL_MODES:
+            raise ValueError(f"control mode must be one of {CONTROL_MODES}, got {mode!r}")
+        self.edge, self.table, self.mode = edge, cost_table, mode
+        self.task_names = list(task_names)
+        n = len(self.task_names)
+        self.affinity = np.ones((n, n)) if affinity is None else np.asarray(affinity, dtype=float)
+
+    def check_budget_reachable(self, budget: float) -> None:
+        """Raise ``ValueError`` giving the minimum when ``budget`` is below the cheapest tree."""
+        table = self.table
+        # compared exactly as the guarantee is stated: FLOPs <= budget x anchor FLOPs
+        if budget * table.anchor_flops < table.min_flops:
+            minimum = math.ceil(table.min_budget * 1e6) / 1e6
+            raise ValueError(
+                f"budget {budget:.6f} is below the cheapest tree (one stream plus the heads): the minimum budget is "
+                f"{minimum:.6f} ({table.min_flops} of {table.anchor_flops} FLOPs)"
+            )
+
+    def resource_inputs(self, budget: float | None, c: float | None) -> list[float]:
+        """The hypernet inputs to try for a request, least frugal first."""
+        if c is not None:
+            return [float(c)]
+        if self.mode == "paper":
+            return [float(v) for v in np.linspace(0.0, 1.0, GRID_POINTS)]
+        if budget is None:
+            return [0.0]
+        return [float(v) for v in np.linspace(0.0, 1.0, 2 * GRID_POINTS - 1)]
+
+    @torch.no_grad()
+    def plan(self, preference: np.ndarray, budget: float | None = None, c: float | None = None) -> BuildPlan:
+        """The tree for a normalised preference ``[N]`` under ``budget`` (fraction of the anchor's FLOPs,
+        heads included) and/or the resource input ``c``; validated inputs only (see
+        :meth:`dymu.Controller.build_model`)."""
+        table = self.table
+        if budget is not None:
+            self.check_budget_reachable(budget)
+        inputs = self.resource_inputs(budget, c)
+        device = next(self.edge.parameters()).device
+        r = torch.as_tensor(np.asarray(preference), dtype=torch.float32, device=device)
+        logits = self.edge(r.expand(len(inputs), -1), torch.tensor(inputs, dtype=torch.float32, device=device))
+        allowed = None if budget is None else budget * table.anchor_flops
+        chosen, fallback = None, False
+        for i, value in enumerate(inputs):
+            assignment = most_likely_parents(logits[i])
+            if allowed is None or table.tree_flops(assignment) <= allowed:
+                chosen = (value, assignment)
+                break
+        if chosen is None:
+            # no proposal fits: start from the most frugal one and merge branches along the affinity
+            last = most_likely_parents(logits[-1])
+            chosen = (inputs[-1], shrink_to_budget(last, allowed, table, preference, self.affinity))
+            fallback = True
+        value, assignment = chosen
+        return BuildPlan(
+            tree=Tree(self.task_names, assignment),
+            preference=tuple(float(v) for v in preference),
+            budget=budget,
+            c=float(value),
+            flops=table.tree_flops(assignment),
+            params=table.tree_params(assignment),
+            fallback=fallback,
+            mode=self.mode,
+        )
