@@ -509,7 +509,7 @@ def _controller_views(ctrl: dymu.Controller, config: RunConfig) -> dict[str, Any
         r1 = np.linspace(0.0, 1.0, 41)
         views["cost_map"] = {
             "r1": r1.tolist(),
-            **{f"c={protocol._fmt(c)}": [ctrl.plan([float(a), float(1 - a)], c=c).flops for a in r1] for c in protocol.EVAL_CS},
+            **{f"c={protocol.format_number(c)}": [ctrl.plan([float(a), float(1 - a)], c=c).flops for a in r1] for c in protocol.EVAL_CS},
         }
     else:
         corners = [[1.0 if i == k else 0.0 for i in range(n)] for k in range(n)]
@@ -517,11 +517,11 @@ def _controller_views(ctrl: dymu.Controller, config: RunConfig) -> dict[str, Any
         entropy = (-(prefs * np.log(np.clip(prefs, 1e-12, 1))).sum(axis=1) / np.log(n)).tolist()
         views["cost_corners"] = {
             "labels": list(names) + ["centre"],
-            **{f"c={protocol._fmt(c)}": [ctrl.plan(p, c=c).flops for p in corners + [[1.0 / n] * n]] for c in protocol.EVAL_CS},
+            **{f"c={protocol.format_number(c)}": [ctrl.plan(p, c=c).flops for p in corners + [[1.0 / n] * n]] for c in protocol.EVAL_CS},
         }
         views["cost_scatter"] = {
             "entropy": entropy,
-            **{f"c={protocol._fmt(c)}": [ctrl.plan(p, c=c).flops for p in prefs] for c in protocol.EVAL_CS},
+            **{f"c={protocol.format_number(c)}": [ctrl.plan(p, c=c).flops for p in prefs] for c in protocol.EVAL_CS},
         }
     return views
 
