@@ -83,7 +83,7 @@ Targets (:func:`check_targets`)
 from __future__ import annotations
 
 from .cost import planned_cost
-from .loss_space import HV_REFERENCE, INPUT_BLIND_RULE, LossSpace, hv_of, input_blind_losses, loss_space, normalised_loss_space
+from .loss_space import HV_REFERENCE, HV_REFERENCE_FACTOR, INPUT_BLIND_RULE, LossSpace, hv_of, input_blind_losses, loss_space, normalised_loss_space
 from .records import ModelRecord, evaluate_method, records_from_table
 from .report import describe, format_markdown, format_paper_table, hv_header
 from .requests import (
@@ -115,6 +115,7 @@ __all__ = [
     "N_DIRICHLET",
     "N_COST_PREFERENCES",
     "HV_REFERENCE",
+    "HV_REFERENCE_FACTOR",
     "INPUT_BLIND_RULE",
     "EVAL_CS",
     "EVAL_BUDGETS",

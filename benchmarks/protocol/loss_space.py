@@ -35,6 +35,7 @@ from dymu.tasks import Task
 
 __all__ = [
     "HV_REFERENCE",
+    "HV_REFERENCE_FACTOR",
     "INPUT_BLIND_RULE",
     "LossSpace",
     "loss_space",
@@ -43,6 +44,8 @@ __all__ = [
     "input_blind_losses",
 ]
 
+#: the paper pipelines' reference point, in multiples of every single-task test loss
+HV_REFERENCE_FACTOR = 2.0
 #: benchmarks with an absolute reference point in raw loss space
 HV_REFERENCE: dict[str, tuple[float, ...]] = {"multifashion": (2.0, 2.0)}
 
@@ -146,7 +149,7 @@ def loss_space(benchmark: str, single_task_loss: Sequence[float], input_blind_lo
     return LossSpace(ref, st, True, INPUT_BLIND_RULE)
 
 
-def normalised_loss_space(single_task_loss: Sequence[float], factor: float = 2.0) -> LossSpace:
+def normalised_loss_space(single_task_loss: Sequence[float], factor: float = HV_REFERENCE_FACTOR) -> LossSpace:
     """The paper pipelines' space: losses divided by the single-task test losses, reference ``factor`` on
     every axis (``factor`` times each single-task loss). [choice] Twice, not 1.1 times: models built for a
     small ``r_i`` may well lose more than 10% on task ``i`` and would then add nothing.
