@@ -66,7 +66,6 @@ C_ONLY = ("dymu_no_weight_hypernet", *ABLATIONS)
 
 
 @dataclass
-@dataclass
 class RunConfig:
     """Everything that defines a benchmark run (stored in the results file).
 

@@ -175,11 +175,13 @@ def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
     return cls(**values)
 
 
-def overrides(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The fields of ``cls`` given on the command line (options added with ``overrides_only``)."""
+def overrides(cls: type, args: argparse.Namespace, *, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields of ``cls`` given on the command line (options added with ``overrides_only``); fields in
+    ``skip`` or marked ``skip`` in their metadata are left out even where ``args`` has them."""
     hints = typing.get_type_hints(cls)
+    skipped = set(skip)
     return {
         f.name: _converted(hints[f.name], getattr(args, f.name))
         for f in dataclasses.fields(cls)
-        if getattr(args, f.name, None) is not None
+        if f.name not in skipped and not f.metadata.get("cli", {}).get("skip") and getattr(args, f.name, None) is not None
     }

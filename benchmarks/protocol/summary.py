@@ -20,6 +20,7 @@ Per setting (:func:`summarise`, keys :data:`METRICS`), for the CPU benchmarks an
     tree size (None without trees), model count, per-task means.
 
 >>> import torch
+>>> import dymu
 >>> import torch.nn.functional as F
 >>> from benchmarks.protocol import LossSpace, ModelRecord
 >>> tasks = [dymu.Task(n, head=lambda shape: torch.nn.Identity(), loss=F.mse_loss) for n in ("a", "b")]
@@ -43,7 +44,6 @@ from typing import Any
 
 import numpy as np
 
-import dymu
 from dymu.metrics import controllability, delta_mtl, uniformity
 from dymu.results import finite_or_none
 from dymu.tasks import Task
