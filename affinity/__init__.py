@@ -9,7 +9,7 @@ Example::
 
     features = collect_features({"seg": seg_net, "depth": depth_net, "normals": normals_net}, inputs=images)
     result = rsa_affinity(features)               # result.matrix: the symmetric [N, N] Aff
-    tree = branching_tree(result, budget=0.3, layer_costs=flops_per_block)
+    tree = branching_tree(result, extra_share=0.3, layer_costs=flops_per_block)
     plot_tree(tree, "tree.png", layer_costs=flops_per_block)
 """
 

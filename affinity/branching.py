@@ -32,10 +32,14 @@ The algorithm (deterministic; everything below is a choice of this project):
    gets), and the smallest budget gives hard sharing. The price of this nesting: when the next
    step costs more than what is left, the rest of the budget stays unspent.
 
-A budget is either ``budget`` in ``[0, 1]``, the fraction of the extra cost of the anchor (every task
-its own path) over hard sharing that the tree may spend (``cost <= shared + budget * (anchor -
+A budget is either ``extra_share`` in ``[0, 1]``, the share of the extra cost of the anchor (every task
+its own path) over hard sharing that the tree may spend (``cost <= shared + extra_share * (anchor -
 shared)``; 0: one shared path, 1: up to the anchor), or ``max_cost``, an absolute cost in the units
-of ``layer_costs`` (e.g. FLOPs per block from the controller's cost table).
+of ``layer_costs`` (e.g. FLOPs per block from the controller's cost table). Heads are not counted.
+``extra_share`` is *not* the ``budget`` of :meth:`dymu.Controller.build_model`, which is a fraction of
+the anchor's whole FLOPs, heads included: an ``extra_share`` of 0 is hard sharing, whose share of the
+anchor's FLOPs is about ``1 / N``. (``budget=`` is the old name of ``extra_share``: it still works, with a
+``DeprecationWarning``.)
 
 Node ids of the returned trees are canonical: the index of the first task a node serves, i.e. the
 anchor stream whose weights a node would start from.
@@ -43,6 +47,7 @@ anchor stream whose weights a node would start from.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,7 +82,7 @@ def tree_cost(tree: Tree, layer_costs: Sequence[float] | None = None) -> float:
 
 
 def relative_cost(tree: Tree, layer_costs: Sequence[float] | None = None) -> float:
-    """Where ``tree``'s cost lies between hard sharing (0) and the anchor (1): the ``budget`` scale."""
+    """Where ``tree``'s cost lies between hard sharing (0) and the anchor (1): the ``extra_share`` scale."""
     costs = _layer_costs(layer_costs, tree.n_layers)
     shared, anchor = float(costs.sum()), float(costs.sum()) * tree.n_tasks
     if anchor - shared <= 0:
@@ -109,12 +114,13 @@ def branching_tree(
     affinity: AffinityResult | np.ndarray,
     tasks: Sequence[str] | None = None,
     *,
-    budget: float | None = None,
+    extra_share: float | None = None,
     max_cost: float | None = None,
     layer_costs: Sequence[float] | None = None,
     n_layers: int | None = None,
+    budget: float | None = None,
 ) -> Tree:
-    """A static branched architecture that fits a compute budget (see the module docstring).
+    """A static branched architecture that fits a compute limit (see the module docstring).
 
     Args:
         affinity: an :class:`AffinityResult` (its per-layer affinities are used), or a numpy array
@@ -122,28 +128,43 @@ def branching_tree(
             ``n_layers`` or ``layer_costs``). Values in ``[0, 1]``; an asymmetric array is
             symmetrised by averaging with its transpose.
         tasks: the task names (default: the result's, or ``task0 .. task{N-1}`` for an array).
-        budget: fraction in ``[0, 1]`` of the anchor's extra cost over hard sharing that may be spent.
+        extra_share: share in ``[0, 1]`` of the anchor's extra cost over hard sharing that may be spent
+            (heads excluded; not a fraction of the anchor's FLOPs).
         max_cost: an absolute cost limit in the units of ``layer_costs``; give exactly one of
-            ``budget`` and ``max_cost``.
+            ``extra_share`` and ``max_cost``.
         layer_costs: cost of one node at each of the ``L`` layers (default 1 each).
         n_layers: ``L`` when ``affinity`` is a single ``[N, N]`` matrix.
+        budget: deprecated name of ``extra_share``.
 
     Returns:
         the tree, with ``tree_cost(tree, layer_costs) <= `` the limit.
 
     Raises:
-        ValueError: both or neither of ``budget`` and ``max_cost``, ``budget`` outside ``[0, 1]``,
+        ValueError: both or neither of ``extra_share`` and ``max_cost``, ``extra_share`` outside ``[0, 1]``,
             ``max_cost`` below the cost of hard sharing, sizes that disagree, bad affinity values.
+
+    >>> twins = np.array([[1.0, 0.9, 0.1], [0.9, 1.0, 0.1], [0.1, 0.1, 1.0]])
+    >>> branching_tree(twins, ["a", "b", "c"], extra_share=0.0, n_layers=2).nodes_per_layer()
+    [1, 1]
+    >>> tree = branching_tree(twins, ["a", "b", "c"], extra_share=0.25, n_layers=2)  # 2 + 0.25 x (6 - 2) nodes
+    >>> tree.nodes_per_layer(), tree.branch_layer("a", "b") > tree.branch_layer("a", "c")
+    ([1, 2], True)
     """
-    if (budget is None) == (max_cost is None):
-        raise ValueError("give exactly one of budget (a fraction in [0, 1]) and max_cost (an absolute cost)")
+    if budget is not None:
+        if extra_share is not None:
+            raise ValueError("give extra_share only (budget is its deprecated name)")
+        warnings.warn("branching_tree(budget=...) is now extra_share=... (a share of the extra cost over hard "
+                      "sharing, not build_model's fraction of the anchor's FLOPs)", DeprecationWarning, stacklevel=2)
+        extra_share = budget
+    if (extra_share is None) == (max_cost is None):
+        raise ValueError("give exactly one of extra_share (a share in [0, 1]) and max_cost (an absolute cost)")
     refinement = _refine(affinity, tasks, layer_costs, n_layers)
     shared = float(refinement.layer_costs.sum())
     anchor = shared * len(refinement.names)
-    if budget is not None:
-        if not np.isfinite(budget) or not 0.0 <= budget <= 1.0:
-            raise ValueError(f"budget must be a fraction in [0, 1], got {budget!r}")
-        limit = shared + budget * (anchor - shared)
+    if extra_share is not None:
+        if not np.isfinite(extra_share) or not 0.0 <= extra_share <= 1.0:
+            raise ValueError(f"extra_share must be a share in [0, 1], got {extra_share!r}")
+        limit = shared + extra_share * (anchor - shared)
     else:
         if not np.isfinite(max_cost) or max_cost < shared * (1 - 1e-9):
             raise ValueError(

@@ -274,7 +274,7 @@ def _tree_figure(tree: Tree, layer_costs: Sequence[float] | None, title: str | N
         if anchor > 0:
             shared = float(costs.sum())
             fraction = (total - shared) / (anchor - shared) if anchor > shared else 0.0
-            summary += f" ({100 * total / anchor:.0f}% of the anchor's; budget fraction {fraction:.2f})"
+            summary += f" ({100 * total / anchor:.0f}% of the anchor's; extra share over hard sharing {fraction:.2f})"
     fig.suptitle(title or "Branched architecture", fontsize=11, y=1 - 0.12 / height, va="top")
     fig.text(0.5, 1 - 0.42 / height, summary, ha="center", va="top", fontsize=8.5, color="#333333")
     return fig

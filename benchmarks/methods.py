@@ -1,4 +1,5 @@
-"""The interface every compared method implements, and the controller wrapped in it.
+"""The interface every compared method implements, and the controller wrapped in it (as itself, as its
+single-task streams, and without its weight hypernet); the baselines live in :mod:`benchmarks.baselines`.
 
 A method is trained once (:meth:`Method.fit`) and then asked for the model it would run for a task
 preference and, where it can vary its cost, a resource preference ``c`` or a FLOP budget
@@ -20,7 +21,7 @@ from torch import nn
 import dymu
 from dymu.metrics import count_params
 
-__all__ = ["Method", "StepBudget", "ControllerMethod"]
+__all__ = ["Method", "StepBudget", "ControllerMethod", "AnchorStreams", "SingleTask", "WithoutWeightHypernet"]
 
 
 @dataclass(frozen=True)
@@ -149,3 +150,72 @@ class ControllerMethod(Method):
         if self.use_weight_hypernet:
             mods.append(ctrl.weight)
         return mods
+
+
+class AnchorStreams(nn.Module):
+    """The anchor's streams as one multi-task module: ``x [B, C, H, W] -> {task: prediction}``."""
+
+    def __init__(self, anchor: nn.Module):
+        super().__init__()
+        self.anchor = anchor
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.anchor.forward_single(x)
+
+
+class SingleTask(Method):
+    """The single-task baseline: the trained controller's anchor streams (selected on validation in stage 0).
+
+    It trains nothing of its own: ``fit`` only records the anchor's training time.
+    """
+
+    name = "single_task"
+
+    def __init__(self, source: ControllerMethod):
+        super().__init__()
+        self.source = source
+        self.module: AnchorStreams | None = None
+
+    def fit(self, train, val, *, device, verbose=True) -> None:
+        ctrl = self.source.controller
+        if ctrl is None:
+            raise ValueError("single_task: fit the controller first")
+        self.module = AnchorStreams(ctrl.anchor).eval()
+        self.train_seconds = float(ctrl.stages["anchor"]["seconds"])
+
+    def model_for(self, preference, *, c=None, budget=None) -> nn.Module:
+        if self.module is None:
+            raise ValueError("single_task: call fit() first")
+        return self.module
+
+    def stored_modules(self):
+        return [self.source.controller.anchor]
+
+
+class WithoutWeightHypernet(Method):
+    """The trained controller with its trees built from the anchor's own BatchNorm (the paper's
+    "without weight hypernet" baseline): the same anchor and edge hypernet, so it needs no training of its
+    own; its training time is that of stages 0 and 1."""
+
+    name = "dymu_no_weight_hypernet"
+    dynamic_cost = True
+
+    def __init__(self, source: ControllerMethod):
+        super().__init__()
+        self.source = source
+
+    @property
+    def controller(self) -> dymu.Controller | None:
+        return self.source.controller
+
+    def fit(self, train, val, *, device, verbose=True) -> None:
+        ctrl = self.controller
+        if ctrl is None:
+            raise ValueError(f"{self.name}: fit the controller first")
+        self.train_seconds = float(ctrl.stages["anchor"]["seconds"] + ctrl.stages["edge"]["seconds"])
+
+    def model_for(self, preference, *, c=None, budget=None) -> nn.Module:
+        return self.controller.build_model(list(map(float, preference)), budget, c=c, use_weight_hypernet=False)
+
+    def stored_modules(self):
+        return [self.controller.anchor, self.controller.edge]

@@ -11,12 +11,12 @@ from . import backbones, data, metrics
 from .controller import BuildPlan, Controller
 from .derived import DerivedModel
 from .evaluation import EvaluationTable
+from .registry import register_backbone, register_task_set
 from .tasks import Task
 from .training import AnchorConfig, EdgeConfig, WeightConfig
 from hyper import RegulariserConfig
 
 __version__ = "0.1.0"
-
 
 
 def load(path, *, tasks=None, backbone=None, map_location="cpu") -> Controller:
@@ -40,4 +40,6 @@ __all__ = [
     "data",
     "load",
     "metrics",
+    "register_backbone",
+    "register_task_set",
 ]

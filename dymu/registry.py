@@ -1,29 +1,42 @@
-"""Named backbones and task sets, so that checkpoints can rebuild them by name."""
+"""Named backbones and task sets, so that checkpoints can rebuild them by name.
+
+A task set is found by name in this order: the registry (:func:`register_task_set`), dymu's own sets
+(imported on first use), then the ``dymu.task_sets`` entry points of the installed distributions, so that a
+package registers its sets without dymu naming it::
+
+    [project.entry-points."dymu.task_sets"]
+    cifar100 = "benchmarks.paper_tasks:cifar100_paper_tasks"
+
+>>> register_task_set("two_identity_tasks", lambda: [Task(n, lambda shape: None, print) for n in "ab"])  # doctest: +ELLIPSIS
+<function <lambda> at ...>
+>>> [t.name for t in resolve_tasks("two_identity_tasks")]
+['a', 'b']
+"""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .tasks import Task
 
-__all__ = ["register_backbone", "register_task_set", "build_backbone", "resolve_tasks", "BACKBONES", "TASK_SETS"]
+__all__ = ["register_backbone", "register_task_set", "build_backbone", "resolve_tasks", "BACKBONES", "TASK_SETS",
+           "ENTRY_POINT_GROUP"]
 
 BACKBONES: dict[str, Callable[..., Any]] = {}
 TASK_SETS: dict[str, Callable[[], list[Task]]] = {}
 
-#: built-in task sets, imported on first use: name -> (module, factory)
+#: dymu's own task sets, imported on first use: name -> (module, factory)
 _BUILTIN_TASK_SETS = {
     "multifashion": ("dymu.data.tasks", "multifashion_tasks"),
     "fashion_digits": ("dymu.data.tasks", "fashion_digits_tasks"),
-    "cifar100": ("benchmarks.paper", "cifar100_paper_tasks"),
-    "nyuv2": ("benchmarks.paper", "nyuv2_paper_tasks"),
-    "pascal_context": ("benchmarks.paper", "pascal_context_paper_tasks"),
-    "pascal_context_3": ("benchmarks.paper", "pascal_context_3_paper_tasks"),
 }
+#: the entry-point group other packages register task sets in (name -> "module:factory")
+ENTRY_POINT_GROUP = "dymu.task_sets"
 
 
 def register_backbone(name: str, factory: Callable[..., Any]) -> Callable[..., Any]:
@@ -58,16 +71,37 @@ def build_backbone(recipe: dict[str, Any]) -> Any:
     return BACKBONES[name](**recipe.get("kwargs", {}))
 
 
+def _entry_point_task_sets() -> dict[str, importlib.metadata.EntryPoint]:
+    """The installed distributions' ``dymu.task_sets`` entry points by name."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _find_task_set(name: str) -> Callable[[], list[Task]] | None:
+    """The factory of task set ``name``: registered, built in, or from an entry point (then registered)."""
+    if name in TASK_SETS:
+        return TASK_SETS[name]
+    if name in _BUILTIN_TASK_SETS:
+        module, factory = _BUILTIN_TASK_SETS[name]
+        return register_task_set(name, getattr(importlib.import_module(module), factory))
+    entry = _entry_point_task_sets().get(name)
+    if entry is not None:
+        return register_task_set(name, entry.load())
+    return None
+
+
 def resolve_tasks(tasks: Sequence[Task] | str) -> list[Task]:
-    """A list of tasks, or the name of a registered task set."""
-    if isinstance(tasks, str):
-        if tasks not in TASK_SETS and tasks in _BUILTIN_TASK_SETS:
-            module, factory = _BUILTIN_TASK_SETS[tasks]
-            TASK_SETS[tasks] = getattr(importlib.import_module(module), factory)
-        if tasks not in TASK_SETS:
-            raise ValueError(f"unknown task set {tasks!r}; known: {sorted(set(TASK_SETS) | set(_BUILTIN_TASK_SETS))}")
-        return list(TASK_SETS[tasks]())
-    return list(tasks)
+    """A list of tasks, or the name of a task set (see the module docstring for where names are looked up).
+
+    Raises:
+        ValueError: an unknown task-set name (the message lists the known ones).
+    """
+    if not isinstance(tasks, str):
+        return list(tasks)
+    factory = _find_task_set(tasks)
+    if factory is None:
+        known = set(TASK_SETS) | set(_BUILTIN_TASK_SETS) | set(_entry_point_task_sets())
+        raise ValueError(f"unknown task set {tasks!r}; known: {sorted(known)}")
+    return list(factory())
 
 
 def _plain(value: Any) -> Any:

@@ -73,10 +73,10 @@ def test_identical_tasks_have_the_largest_affinity_and_share_deepest(measure):
     assert result.matrix[0, 1] == off_diagonal(result.matrix).max()
     assert result.matrix[0, 1] > max(result.matrix[0, 2], result.matrix[1, 2]) + 0.05
     for budget in (0.3, 0.6, 1.0):
-        tree = branching_tree(result, budget=budget)
+        tree = branching_tree(result, extra_share=budget)
         assert tree.branch_layer("a", "b") > tree.branch_layer("a", "c")
         assert tree.branch_layer("a", "b") > tree.branch_layer("b", "c")
-    full = branching_tree(result, budget=1.0)
+    full = branching_tree(result, extra_share=1.0)
     assert full.branch_layer("a", "b") == LAYERS  # identical tasks are never separated
     assert full.branch_layer("a", "c") == 0
 
@@ -247,11 +247,11 @@ def test_more_budget_never_gives_fewer_nodes_and_budgets_are_respected(layer_cos
     tasks = ("a", "b", "c", "d")
     costs = np.ones(6) if layer_costs is None else np.asarray(layer_costs)
     shared, anchor = costs.sum(), 4 * costs.sum()
-    smallest = branching_tree(affinity, tasks, budget=0.0, layer_costs=layer_costs)
+    smallest = branching_tree(affinity, tasks, extra_share=0.0, layer_costs=layer_costs)
     assert smallest.same_structure(Tree.shared(tasks, 6))
     previous = smallest
     for budget in np.linspace(0.0, 1.0, 21):
-        tree = branching_tree(affinity, tasks, budget=float(budget), layer_costs=layer_costs)
+        tree = branching_tree(affinity, tasks, extra_share=float(budget), layer_costs=layer_costs)
         assert tree_cost(tree, layer_costs) <= shared + budget * (anchor - shared) + 1e-9
         assert relative_cost(tree, layer_costs) <= budget + 1e-9
         assert all(now >= before for now, before in zip(tree.nodes_per_layer(), previous.nodes_per_layer()))
@@ -263,24 +263,24 @@ def test_more_budget_never_gives_fewer_nodes_and_budgets_are_respected(layer_cos
 def test_splits_follow_the_per_layer_affinity():
     tasks = ("a", "b", "c", "d")
     # 20 of the anchor's 24 nodes: enough for every split worth 1 per node, not for a/b's 0.05
-    tree = branching_tree(late_splitting_affinity(), tasks, budget=(20 - 6) / (24 - 6))
+    tree = branching_tree(late_splitting_affinity(), tasks, extra_share=(20 - 6) / (24 - 6))
     assert tree.branch_layer("a", "b") == 3
     assert tree.branch_layer("a", "d") == 1
     assert tree.branch_layer("a", "c") == 0
     assert tree.n_nodes == 20
     # a small budget goes to the most dissimilar split first, at the deep end
-    small = branching_tree(late_splitting_affinity(), tasks, budget=0.1)
+    small = branching_tree(late_splitting_affinity(), tasks, extra_share=0.1)
     assert small.nodes_per_layer() == [1, 1, 1, 1, 1, 2]
     assert small.groups(5) == [("a", "b", "d"), ("c",)]
     # all the budget: even slightly dissimilar tasks get their own paths
-    assert branching_tree(late_splitting_affinity(), tasks, budget=1.0).same_structure(Tree.independent(tasks, 6))
+    assert branching_tree(late_splitting_affinity(), tasks, extra_share=1.0).same_structure(Tree.independent(tasks, 6))
 
 
 def test_tasks_unlike_early_but_alike_late_still_split_early():
     """Sharing the late layers is free, but a path cannot re-merge, so the early split is worth its cost."""
     per_layer = np.ones((5, 2, 2))
     per_layer[:2, 0, 1] = per_layer[:2, 1, 0] = 0.0
-    tree = branching_tree(per_layer, ("x", "y"), budget=1.0)
+    tree = branching_tree(per_layer, ("x", "y"), extra_share=1.0)
     assert tree.branch_layer("x", "y") == 0
 
 
@@ -324,7 +324,7 @@ def test_twenty_tasks_and_layers_are_handled_quickly_and_within_budget():
     costs = list(np.linspace(1.0, 5.0, n_layers))
     previous = None
     for budget in (0.0, 0.2, 0.5, 1.0):
-        tree = branching_tree(per_layer, budget=budget, layer_costs=costs)
+        tree = branching_tree(per_layer, extra_share=budget, layer_costs=costs)
         assert relative_cost(tree, costs) <= budget + 1e-9
         if previous is not None:
             assert refines(tree, previous)
@@ -334,7 +334,7 @@ def test_twenty_tasks_and_layers_are_handled_quickly_and_within_budget():
 
 def test_a_single_matrix_is_used_at_every_layer():
     matrix = np.array([[1.0, 0.9, 0.1], [0.9, 1.0, 0.2], [0.1, 0.2, 1.0]])
-    tree = branching_tree(matrix, ["p", "q", "r"], budget=0.5, n_layers=4)
+    tree = branching_tree(matrix, ["p", "q", "r"], extra_share=0.5, n_layers=4)
     assert tree.n_layers == 4
     assert tree.branch_layer("p", "q") > tree.branch_layer("p", "r")
 
@@ -342,13 +342,14 @@ def test_a_single_matrix_is_used_at_every_layer():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({}, "exactly one of budget"),
-        ({"budget": 0.5, "max_cost": 10.0}, "exactly one of budget"),
-        ({"budget": 1.5}, r"budget must be a fraction in \[0, 1\]"),
-        ({"budget": -0.1}, "budget must be a fraction"),
-        ({"budget": 0.5, "layer_costs": [1.0, 2.0]}, "layer_costs has 2 entries for the affinity's 6 layers"),
-        ({"budget": 0.5, "layer_costs": [1, 1, 1, -1, 1, 1]}, "non-negative"),
-        ({"budget": 0.5, "tasks": ("a", "b")}, "2 task names for an affinity over 4 tasks"),
+        ({}, "exactly one of extra_share"),
+        ({"extra_share": 0.5, "max_cost": 10.0}, "exactly one of extra_share"),
+        ({"extra_share": 1.5}, r"extra_share must be a share in \[0, 1\]"),
+        ({"extra_share": -0.1}, "extra_share must be a share"),
+        ({"extra_share": 0.5, "budget": 0.5}, "extra_share only"),
+        ({"extra_share": 0.5, "layer_costs": [1.0, 2.0]}, "layer_costs has 2 entries for the affinity's 6 layers"),
+        ({"extra_share": 0.5, "layer_costs": [1, 1, 1, -1, 1, 1]}, "non-negative"),
+        ({"extra_share": 0.5, "tasks": ("a", "b")}, "2 task names for an affinity over 4 tasks"),
     ],
 )
 def test_bad_branching_arguments_raise(kwargs, message):
@@ -357,18 +358,25 @@ def test_bad_branching_arguments_raise(kwargs, message):
         branching_tree(late_splitting_affinity(), **kwargs)
 
 
+def test_budget_is_the_deprecated_name_of_extra_share():
+    tasks = ("a", "b", "c", "d")
+    with pytest.warns(DeprecationWarning, match="extra_share"):
+        old = branching_tree(late_splitting_affinity(), tasks, budget=0.4)
+    assert old.same_structure(branching_tree(late_splitting_affinity(), tasks, extra_share=0.4))
+
+
 def test_bad_affinity_arrays_raise():
     with pytest.raises(ValueError, match="needs n_layers"):
-        branching_tree(np.eye(3), budget=0.5)
+        branching_tree(np.eye(3), extra_share=0.5)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
-        branching_tree(np.full((2, 3, 3), 2.0), budget=0.5)
+        branching_tree(np.full((2, 3, 3), 2.0), extra_share=0.5)
     with pytest.raises(ValueError, match="NaN or inf"):
-        branching_tree(np.full((2, 3, 3), np.nan), budget=0.5)
+        branching_tree(np.full((2, 3, 3), np.nan), extra_share=0.5)
     with pytest.raises(ValueError, match=r"\[N, N\] or \[L, N, N\]"):
-        branching_tree(np.ones(3), budget=0.5)
+        branching_tree(np.ones(3), extra_share=0.5)
     result = rsa_affinity(twins_and_stranger())
     with pytest.raises(ValueError, match="differ from the affinity's tasks"):
-        branching_tree(result, ("x", "y", "z"), budget=0.5)
+        branching_tree(result, ("x", "y", "z"), extra_share=0.5)
 
 
 # ----------------------------------------------------------------------- feature collection
@@ -487,7 +495,7 @@ def test_features_to_affinity_to_tree():
     features = collect_features(models, inputs=torch.randn(16, 3, 8, 8))
     result = rsa_affinity(features)
     assert result.value("a", "a_copy") == pytest.approx(1.0)
-    tree = branching_tree(result, budget=1.0)
+    tree = branching_tree(result, extra_share=1.0)
     assert tree.branch_layer("a", "a_copy") == 3
     assert tree.branch_layer("a", "b") < 3
 
@@ -505,7 +513,7 @@ def test_plots_write_png_files_without_a_display(tmp_path, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     result = rsa_affinity(mixed_family())
-    tree = branching_tree(result, budget=0.5)
+    tree = branching_tree(result, extra_share=0.5)
     written = [
         plot_affinity(result, tmp_path / "affinity.png"),
         plot_affinity(result, tmp_path / "mean_only.png", per_layer=False),

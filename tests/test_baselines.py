@@ -204,7 +204,7 @@ def test_phn_is_deterministic_and_checks_its_arguments():
 # ----------------------------------------------------------------------------- static tree
 def test_static_tree_computes_each_node_once_and_costs_its_nodes():
     tasks, data = _tasks(3), _batches(n_tasks=3, n_batches=2)
-    method = StaticTree(_backbone, tasks, StepBudget(anchor=2, edge=1, weights=1), _affinity(), budget=0.5)
+    method = StaticTree(_backbone, tasks, StepBudget(anchor=2, edge=1, weights=1), _affinity(), extra_share=0.5)
     tree = method.tree
     assert 4 < tree.n_nodes < 12  # branched, neither hard sharing nor the anchor
     method.fit(data, data[:1], device=CPU, verbose=False)
@@ -242,7 +242,7 @@ def test_training_reduces_the_loss(kind):
     if kind == "hard_sharing":
         method = HardSharing(_backbone, tasks, steps, [equal])
     elif kind == "static_tree":
-        method = StaticTree(_backbone, tasks, steps, _affinity(), budget=0.5)
+        method = StaticTree(_backbone, tasks, steps, _affinity(), extra_share=0.5)
     else:
         method = PHN(_backbone, tasks, StepBudget(anchor=20, edge=10, weights=10), mode="full" if kind == "phn" else "bn")
     untrained = validation_losses(shared_network(_backbone, tasks), tasks, held_out, CPU)

@@ -14,6 +14,7 @@ from benchmarks import paper
 from benchmarks.datasets import BENCHMARKS
 from benchmarks.datasets import fixtures
 from benchmarks.paper import DatasetError, main, paper_steps, run_paper_benchmark
+from benchmarks.paper_data import paper_backbone
 
 # A few steps per stage on narrow, small networks: every stage and the whole protocol still run.
 TINY = dict(
@@ -44,8 +45,8 @@ RESULT_FIELDS = {
     "per_c", "cost", "preferences", "evaluations", "checkpoint", "seconds",
 }
 PER_C_FIELDS = {
-    "c", "n_models", "hypervolume", "uniformity", "controllability", "controllability_loss", "delta_mtl",
-    "delta_mtl_per_model", "flops_fraction", "mflops", "params_m", "params_fraction", "mean_nodes", "mean_primary",
+    "c", "n_models", "hv", "hv_ref", "uniformity", "controllability", "controllability_loss", "delta_mtl",
+    "delta_mtl_per_model", "flops_fraction", "mean_flops", "params", "params_fraction", "mean_nodes", "mean_primary",
     "mean_loss",
 }
 
@@ -85,8 +86,10 @@ def _check_results(results: dict, name: str, n_tasks: int, out) -> None:
     assert set(single) == set(results["tasks"])
     for task, primary in results["primary_metrics"].items():
         assert single[task]["loss"] > 0 and primary in single[task]
-    factor = results["protocol"]["hv_reference_factor"]
-    assert results["protocol"]["hv_reference_point_raw"] == pytest.approx([factor * single[t]["loss"] for t in results["tasks"]])
+    space = results["protocol"]["loss_space"]
+    factor = space["reference"][0]
+    assert space["reference"] == [factor] * n_tasks and factor == paper.HV_REFERENCE_FACTOR
+    assert space["reference_raw"] == pytest.approx([factor * single[t]["loss"] for t in results["tasks"]])
 
     assert [s["c"] for s in results["per_c"]] == [0.0, 1.0]
     rows = results["evaluations"]["rows"]
@@ -97,15 +100,16 @@ def _check_results(results: dict, name: str, n_tasks: int, out) -> None:
     for s in results["per_c"]:
         assert PER_C_FIELDS <= set(s) and s["n_models"] == 3
         # normalised losses live in [0, factor]^N at most
-        assert 0.0 <= s["hypervolume"] <= factor**n_tasks
+        assert 0.0 <= s["hv"] <= factor**n_tasks and s["hv_ref"] == space["reference"]
         assert 1.0 - math.log(n_tasks) - 1e-9 <= s["uniformity"] <= 1.0 + 1e-9
         for key in ("controllability", "controllability_loss"):
             assert s[key] is None or -1.0 <= s[key] <= 1.0
         assert s["delta_mtl"] is not None
         assert 0.0 < s["flops_fraction"] <= 1.0 + 1e-9 and 0.0 < s["params_fraction"] <= 1.0 + 1e-9
         models = [r for r in rows if r["c"] == s["c"]]
-        assert s["mflops"] == pytest.approx(np.mean([r["flops"] for r in models]) / 1e6)
-    for cost in results["cost"]["per_c"]:
+        assert s["mean_flops"] == pytest.approx(np.mean([r["flops"] for r in models]))
+    assert set(results["cost"]["settings"]) == {"c=0", "c=1"}
+    for cost in results["cost"]["settings"].values():
         assert 0.0 < cost["flops_fraction"] <= 1.0 + 1e-9
     # Delta_MTL recomputed from the table for the first model
     tasks = results["tasks"]
@@ -226,7 +230,7 @@ def test_backbone_weights_initialise_the_template(tmp_path):
     source = deeplab_resnet34(width_mult=0.0625, input_size=(32, 48))
     path = tmp_path / "weights.pt"
     torch.save(source.state_dict(), path)
-    built = paper._build_backbone("nyuv2", 0.0625, (32, 48), path)
+    built = paper_backbone("nyuv2", 0.0625, (32, 48), path)
     assert all(torch.equal(built.state_dict()[k], v) for k, v in source.state_dict().items())
 
     wrong = tmp_path / "wider.pt"

@@ -28,22 +28,21 @@ from dymu.evaluation import evaluate_model
 from dymu.metrics import block_cost_table
 from dymu.progress import Progress
 from dymu.tasks import Task, check_tasks
-from dymu.training import cycle, to_device
+from dymu.training import adam, cycle, to_device
 
 __all__ = [
     "BackboneFactory",
     "node_key",
-    "build_backbone",
+    "fresh_backbone",
     "block_flops",
     "tree_network",
     "shared_network",
     "take_batches",
     "validation_losses",
-    "initial_loss_scales",
+    "untrained_loss_scales",
     "as_loss_scales",
-    "scalarised_loss",
+    "weighted_task_loss",
     "default_eval_every",
-    "make_adam",
     "train_static",
 ]
 
@@ -55,8 +54,9 @@ def node_key(layer: int, node: int) -> str:
     return f"l{layer}_s{node}"
 
 
-def build_backbone(backbone_factory: BackboneFactory, seed: int | None = None) -> BlockBackbone:
-    """Call the factory and check it returned a :class:`~dymu.backbones.BlockBackbone`.
+def fresh_backbone(backbone_factory: BackboneFactory, seed: int | None = None) -> BlockBackbone:
+    """Call the factory and check it returned a :class:`~dymu.backbones.BlockBackbone` (not
+    :func:`dymu.registry.build_backbone`, which rebuilds a registered backbone from its recipe).
 
     With ``seed`` the backbone is initialised from ``torch.manual_seed(seed)`` in a forked RNG, leaving
     the global RNG alone (for backbones built only to read their shapes and costs).
@@ -64,7 +64,7 @@ def build_backbone(backbone_factory: BackboneFactory, seed: int | None = None) -
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_backbone(backbone_factory)
+            return fresh_backbone(backbone_factory)
     backbone = backbone_factory()
     if not isinstance(backbone, BlockBackbone):
         raise ValueError(
@@ -97,7 +97,7 @@ def tree_network(backbone_factory: BackboneFactory, tasks: Sequence[Task], tree:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         node_ids = sorted({node for row in tree.assignment for node in row})
-        backbones = {node: build_backbone(backbone_factory) for node in node_ids}
+        backbones = {node: fresh_backbone(backbone_factory) for node in node_ids}
         template = backbones[node_ids[0]]
         if template.n_blocks != tree.n_layers:
             raise ValueError(f"the tree has {tree.n_layers} layers but the backbone {template.n_blocks} blocks")
@@ -119,7 +119,7 @@ def tree_network(backbone_factory: BackboneFactory, tasks: Sequence[Task], tree:
 
 def shared_network(backbone_factory: BackboneFactory, tasks: Sequence[Task], seed: int = 0) -> DerivedModel:
     """Hard parameter sharing: one backbone (one node per layer) and a head per task."""
-    backbone_layers = build_backbone(backbone_factory, seed).n_blocks
+    backbone_layers = fresh_backbone(backbone_factory, seed).n_blocks
     return tree_network(backbone_factory, tasks, Tree.shared([t.name for t in check_tasks(tasks)], backbone_layers), seed)
 
 
@@ -144,8 +144,10 @@ def validation_losses(model: nn.Module, tasks: Sequence[Task], batches: Iterable
 
 
 @torch.no_grad()
-def initial_loss_scales(model: nn.Module, tasks: Sequence[Task], batches: Iterable, device: torch.device) -> Tensor:
-    """``w_i = 1 / L_i`` with ``L_i`` task ``i``'s mean loss of the (untrained) ``model`` over ``batches``: ``[N]``.
+def untrained_loss_scales(model: nn.Module, tasks: Sequence[Task], batches: Iterable, device: torch.device) -> Tensor:
+    """``w_i = 1 / L_i`` with ``L_i`` task ``i``'s mean loss of the untrained multi-task ``model`` over
+    ``batches``: ``[N]``. (The controller's :meth:`dymu.Controller.set_loss_scales` divides by its trained
+    single-task streams' losses instead; the baselines use those when they get the controller's scales.)
 
     The model runs in train mode, on batch statistics as it will at the first training step, with its
     BatchNorm running statistics left untouched; its train/eval mode is restored afterwards.
@@ -184,8 +186,9 @@ def as_loss_scales(loss_scales: Sequence[float] | Tensor | np.ndarray, n_tasks: 
     return scales
 
 
-def scalarised_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], tasks: Sequence[Task], weights: Tensor) -> Tensor:
-    """Linear scalarisation ``sum_i weights[i] * L_i`` (a scalar tensor); tasks of weight 0 are skipped."""
+def weighted_task_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], tasks: Sequence[Task], weights: Tensor) -> Tensor:
+    """Linear scalarisation ``sum_i weights[i] * L_i`` (a scalar float32 tensor); tasks of weight 0 are not
+    even computed. (dymu's stage loops have their own, private, that also returns every task's loss.)"""
     total = outputs[tasks[0].name].new_zeros((), dtype=torch.float32)
     for k, task in enumerate(tasks):
         if float(weights[k]) > 0:
@@ -200,13 +203,6 @@ def default_eval_every(steps: int, eval_every: int | None) -> int:
     if eval_every < 1:
         raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     return int(eval_every)
-
-
-def make_adam(parameters: Iterable[Tensor], lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
-    """Adam, with the fused kernel on CPU and CUDA (one pass over all parameters: on CPU about 20 times
-    faster than the default per-tensor loop for the 1.4M parameters of a PHN hypernet)."""
-    fused = device.type in ("cpu", "cuda")
-    return torch.optim.Adam(list(parameters), lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def train_static(
@@ -242,7 +238,7 @@ def train_static(
     every = default_eval_every(steps, eval_every)
     weights = weights.to(device=device, dtype=torch.float32)
     model.to(device).train()
-    optimizer = make_adam(model.parameters(), lr, weight_decay, device)
+    optimizer = adam(model.parameters(), lr, weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
     batches = cycle(train)
     train_loss: list[float] = []
@@ -251,7 +247,7 @@ def train_static(
     with Progress(steps, desc, enabled=verbose) as progress:
         for step in range(1, steps + 1):
             x, targets = to_device(next(batches), device, names)
-            loss = scalarised_loss(model(x), targets, tasks, weights)
+            loss = weighted_task_loss(model(x), targets, tasks, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

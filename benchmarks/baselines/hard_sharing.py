@@ -17,10 +17,10 @@ from ..methods import Method, StepBudget
 from .common import (
     BackboneFactory,
     as_loss_scales,
-    initial_loss_scales,
     shared_network,
     take_batches,
     train_static,
+    untrained_loss_scales,
 )
 
 __all__ = ["HardSharing"]
@@ -94,7 +94,7 @@ class HardSharing(Method):
         val_batches = take_batches(val, self.val_batches)
         if self.loss_scales is None:
             fresh = shared_network(self.backbone_factory, self.tasks, self.seed).to(device)
-            self.loss_scales = initial_loss_scales(fresh, self.tasks, val_batches[: self.scale_batches], device)
+            self.loss_scales = untrained_loss_scales(fresh, self.tasks, val_batches[: self.scale_batches], device)
         self.models, self.results = [], []
         for p, r in enumerate(self.preferences):
             model = shared_network(self.backbone_factory, self.tasks, self.seed)

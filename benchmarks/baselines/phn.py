@@ -53,7 +53,7 @@ from dymu.metrics import dirichlet_preferences
 from dymu.preferences import normalize_preferences, sample_preferences
 from dymu.progress import Progress
 from dymu.tasks import Task, check_tasks
-from dymu.training import cycle, to_device
+from dymu.training import adam, cycle, to_device
 from hyper.embedding import mlp
 
 from ..methods import Method, StepBudget
@@ -61,12 +61,11 @@ from .common import (
     BackboneFactory,
     as_loss_scales,
     default_eval_every,
-    initial_loss_scales,
-    make_adam,
-    scalarised_loss,
     shared_network,
     take_batches,
+    untrained_loss_scales,
     validation_losses,
+    weighted_task_loss,
 )
 
 __all__ = ["PHN", "ChunkedHypernet", "MODES"]
@@ -277,7 +276,7 @@ class PHN(Method):
         val_batches = take_batches(val, self.val_batches)
         n = len(self.tasks)
         if self.loss_scales is None:
-            self.loss_scales = initial_loss_scales(
+            self.loss_scales = untrained_loss_scales(
                 self._materialise(np.full(n, 1.0 / n)), self.tasks, val_batches[: self.scale_batches], device
             )
         scales = self.loss_scales.to(device)
@@ -286,7 +285,7 @@ class PHN(Method):
             raise ValueError(f"{self.name}: the step budget's total must be >= 1, got {steps}")
         every = default_eval_every(steps, self.eval_every)
         parameters = [*self.hypernet.parameters(), *self.shared_parameters()]
-        optimizer = make_adam(parameters, self.lr, self.weight_decay, device)
+        optimizer = adam(parameters, self.lr, self.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         rng = np.random.default_rng(self.seed)
         batches = cycle(train)
@@ -299,7 +298,7 @@ class PHN(Method):
                 r_np, _ = sample_preferences(n, self.dirichlet_alpha, rng)
                 r = torch.tensor(r_np, dtype=torch.float32, device=device)
                 x, targets = to_device(next(batches), device, self.task_names)
-                loss = scalarised_loss(self.forward_with(r, x), targets, self.tasks, r * scales)
+                loss = weighted_task_loss(self.forward_with(r, x), targets, self.tasks, r * scales)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

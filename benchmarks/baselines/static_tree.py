@@ -21,18 +21,18 @@ from .common import (
     BackboneFactory,
     as_loss_scales,
     block_flops,
-    build_backbone,
-    initial_loss_scales,
+    fresh_backbone,
     take_batches,
     train_static,
     tree_network,
+    untrained_loss_scales,
 )
 
 __all__ = ["StaticTree"]
 
 
 class StaticTree(Method):
-    """The tree ``affinity.branching_tree(affinity, budget=budget, layer_costs=block FLOPs)``, trained from
+    """The tree ``affinity.branching_tree(affinity, extra_share=extra_share, layer_costs=block FLOPs)``, trained from
     scratch as one multi-task network on ``sum_i w_i L_i / N`` (the equal preference).
 
     Args:
@@ -42,8 +42,9 @@ class StaticTree(Method):
         steps: the step budget; the network trains for ``steps.anchor`` steps.
         affinity: an :class:`affinity.AffinityResult` (e.g. the controller's ``affinity``), or per-layer
             affinities ``[L, N, N]``.
-        budget: in ``[0, 1]``, the share of the anchor's extra FLOPs over hard sharing that the tree may
-            spend (0: hard sharing, 1: up to one backbone per task); see :func:`affinity.branching_tree`.
+        extra_share: in ``[0, 1]``, the share of the anchor's extra FLOPs over hard sharing that the tree may
+            spend (0: hard sharing, 1: up to one backbone per task; heads excluded); see
+            :func:`affinity.branching_tree`. Not a ``build_model`` budget (a fraction of the anchor's FLOPs).
         loss_scales: ``w_i`` ``[N]`` (default: ``1 / L_i`` of the untrained network on validation batches).
         seed: initialisation seed.
         lr, weight_decay, eval_every, val_batches: as for :class:`~benchmarks.baselines.HardSharing`.
@@ -64,7 +65,7 @@ class StaticTree(Method):
         tasks: Sequence[Task],
         steps: StepBudget,
         affinity: AffinityResult | np.ndarray,
-        budget: float,
+        extra_share: float,
         loss_scales: Sequence[float] | Tensor | None = None,
         seed: int = 0,
         *,
@@ -80,9 +81,9 @@ class StaticTree(Method):
         self.tasks = check_tasks(tasks)
         self.task_names = [t.name for t in self.tasks]
         self.steps = steps
-        self.budget = float(budget)
-        self.layer_flops = block_flops(build_backbone(backbone_factory, seed))
-        self.tree: Tree = branching_tree(affinity, self.task_names, budget=self.budget, layer_costs=self.layer_flops)
+        self.extra_share = float(extra_share)
+        self.layer_flops = block_flops(fresh_backbone(backbone_factory, seed))
+        self.tree: Tree = branching_tree(affinity, self.task_names, extra_share=self.extra_share, layer_costs=self.layer_flops)
         self.loss_scales = None if loss_scales is None else as_loss_scales(loss_scales, len(self.tasks))
         self.seed = int(seed)
         self.lr, self.weight_decay = lr, weight_decay
@@ -102,14 +103,14 @@ class StaticTree(Method):
         val_batches = take_batches(val, self.val_batches)
         model = tree_network(self.backbone_factory, self.tasks, self.tree, self.seed).to(device)
         if self.loss_scales is None:
-            self.loss_scales = initial_loss_scales(model, self.tasks, val_batches[: self.scale_batches], device)
+            self.loss_scales = untrained_loss_scales(model, self.tasks, val_batches[: self.scale_batches], device)
         n = len(self.tasks)
         weights = self.loss_scales / n
         self.result = train_static(
             model, self.tasks, train, val_batches, weights, steps=self.steps.anchor, device=device,
             lr=self.lr, weight_decay=self.weight_decay, eval_every=self.eval_every, desc=self.name, verbose=verbose,
         )
-        model.info.update({"method": self.name, "budget": self.budget, "tree": self.tree.to_dict()})
+        model.info.update({"method": self.name, "extra_share": self.extra_share, "tree": self.tree.to_dict()})
         self.model = model
         self.train_seconds = time.time() - start
 

@@ -1,0 +1,353 @@
+"""The orchestration of a CPU benchmark run (:func:`run_benchmark`): per seed, every method of the
+:class:`~benchmarks.config.RunConfig` is made, trained, evaluated with :mod:`benchmarks.protocol` and
+summarised; the results file is rewritten after every seed, then the plots are drawn.
+
+[why one ~350-line module] :class:`BenchmarkRun` holds the state of one run (the data, the protocol's fixed
+parts, per seed and method the raw results until they are summarised): its steps read and write that state
+and are easier to follow side by side than spread over modules.
+
+>>> hs_indices(25, 5)          # hard sharing's preferences: evenly spread over the list
+[0, 6, 12, 18, 24]
+>>> cost = {"anchor_flops": 300, "min_flops": 100, "settings": {"c=0": {"mean_flops": 150}}}
+>>> static_tree_extra_share(cost)
+0.25
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+import dymu
+from dymu.checkpoint import versions
+from dymu.data import build_benchmark
+from dymu.data.datasets import TensorLoader
+from dymu.results import write_json
+from dymu.training import EdgeConfig, WeightConfig
+
+from . import protocol
+from .config import ABLATIONS, C_ONLY, RunConfig
+from .estimate import RunClock, estimate, format_duration, measure_costs
+from .loaders import n_test_examples, n_val_examples, run_loaders
+from .methods import ControllerMethod, Method, SingleTask, WithoutWeightHypernet
+from .views import controller_views
+
+__all__ = ["run_benchmark", "BenchmarkRun", "git_state", "hs_indices", "static_tree_extra_share"]
+
+
+def git_state() -> dict[str, Any] | None:
+    """The source tree's commit and whether it had uncommitted changes (None outside a git checkout)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "uncommitted_changes": bool(status.stdout.strip())}
+
+
+def hs_indices(n_pref: int, k: int | None) -> list[int]:
+    """Which evaluation preferences hard sharing trains for: all, or ``k`` evenly spread over the list
+    (for the rays: from one end of the front to the other)."""
+    if k is None or k >= n_pref:
+        return list(range(n_pref))
+    if k < 1:
+        raise ValueError(f"hard sharing needs at least one preference, got {k}")
+    return sorted({int(round(i)) for i in np.linspace(0, n_pref - 1, k)})
+
+
+def static_tree_extra_share(cost: dict[str, Any]) -> float:
+    """The static tree's ``extra_share`` (of the anchor's extra FLOPs over one stream, heads excluded:
+    :func:`affinity.branching_tree`) matching the controller's mean cost at c = 0 over the cost preferences
+    (``cost``: :func:`benchmarks.protocol.planned_cost`'s result)."""
+    extra = cost["anchor_flops"] - cost["min_flops"]
+    mean = cost["settings"]["c=0"]["mean_flops"]
+    return float(min(1.0, max(0.0, (mean - cost["min_flops"]) / extra))) if extra > 0 else 0.0
+
+
+def run_benchmark(config: RunConfig, *, command: str = "", log_stream: IO[str] | None = None, estimate_only: bool = False) -> dict[str, Any]:
+    """Run every method of ``config`` for every seed, evaluate with the protocol, write JSON and plots.
+
+    Returns the results dict (also written to ``config.out/<stem>.json``, after every seed and at the end).
+    With ``estimate_only`` the per-step costs are measured and the estimate returned; nothing is trained or
+    written. ``config.threads`` sets torch's CPU threads for the run (restored afterwards).
+    """
+    threads_before = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        run = BenchmarkRun(config, command, log_stream if log_stream is not None else sys.stderr)
+        return run.estimate_only() if estimate_only else run.all()
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+class BenchmarkRun:
+    """One benchmark run: the data, the protocol's fixed parts, the measured costs, and per seed and method
+    the raw results (records, cost, times) until they are summarised."""
+
+    def __init__(self, config: RunConfig, command: str, stream: IO[str]):
+        self.config, self.command, self.stream = config, command, stream
+        self.start = time.time()
+        self.device = torch.device(config.device)
+        self.say(f"{config.benchmark} ({config.mode}): building the data (data seed {config.data_seed}"
+                 + (f", limit {config.limit}" if config.limit else "") + ")")
+        self.bench = build_benchmark(config.benchmark, config.data_seed, config.limit, config.data_root)
+        self.tasks = self.bench.tasks()
+        self.names = [t.name for t in self.tasks]
+        self.n_test = n_test_examples(self.bench, config)
+        self.n_val = n_val_examples(self.bench, config)
+        self.preferences = protocol.evaluation_preferences(len(self.tasks), config.n_preferences)
+        self.hs_index = hs_indices(len(self.preferences), config.hs_preferences)
+        self.cost_prefs = protocol.cost_preferences(len(self.tasks), config.cost_preferences)
+        self.example = self.bench.test.batch(np.arange(1))[0]
+        self.per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in config.methods}
+        self.single_task: dict[str, Any] = {}
+        self.spaces: list[protocol.LossSpace] = []
+        self.views: dict[str, Any] = {}
+        self.settings_dynamic: list[protocol.Setting] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.blind: list[float] | None = None
+        self.costs: dict[str, float] = {}
+        self.est: dict[str, float] = {}
+        self.git = git_state()
+
+    def say(self, text: str) -> None:
+        self.stream.write(f"[bench] {text}\n")
+        self.stream.flush()
+
+    # ------------------------------------------------------------------------------ estimate
+    def measure(self) -> None:
+        config = self.config
+        load, cores = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), os.cpu_count() or 1
+        if torch.get_num_threads() > 1 and load > 0.5:
+            # measured here: with two threads and other processes on the two cores, a step took up to ten
+            # times as long as with one thread
+            self.say(f"the load average is {load:.1f} on {cores} cores and torch uses {torch.get_num_threads()} threads: "
+                     "if other processes share the cores, --threads 1 avoids the slowdown of competing threads")
+        self.say("measuring per-step costs on this machine ...")
+        self.costs = measure_costs(self.bench, config, config.calibration_steps)
+        self.est = estimate(config, self.costs, len(self.tasks), len(self.bench.val), self.n_test)
+        self.est["setup"] = time.time() - self.start  # data, reference point, this measurement
+        self.est["total"] += self.est["setup"]
+        self.say("measured: " + ", ".join(
+            f"{k} {v * 1000:.3g} s/1000 images" if k.startswith("eval") else f"{k} {v:.3g} s" for k, v in self.costs.items()))
+        self.say(f"estimate: {format_duration(self.est['per_seed'])} per seed, {format_duration(self.est['total'])} for "
+                 f"{len(config.seeds)} seed(s) with the {format_duration(self.est['setup'])} of setup (steps anchor "
+                 f"{config.steps.anchor}, edge {config.steps.edge}, weights {config.steps.weights}; "
+                 f"{len(self.preferences)} preferences; {self.n_test} test images)")
+        for name in config.methods:
+            self.say(f"  {name:<26} {format_duration(self.est[name])} per seed")
+
+    def estimate_only(self) -> dict[str, Any]:
+        self.measure()
+        return {"benchmark": self.config.benchmark, "mode": self.config.mode, "config": self.config.as_dict(),
+                "measured_costs": self.costs, "estimate_seconds": self.est}
+
+    # ----------------------------------------------------------------------------------- run
+    def all(self) -> dict[str, Any]:
+        config = self.config
+        if config.benchmark not in protocol.HV_REFERENCE:
+            self.blind = protocol.input_blind_losses(self.tasks, TensorLoader(self.bench.train, config.eval_batch_size))
+            self.say("hypervolume reference point (input-blind losses on the training split): "
+                     + ", ".join(f"{n} {v:.4g}" for n, v in zip(self.names, self.blind)))
+        self.measure()
+        self.clock = RunClock([(seed, name, self.est[name]) for seed in config.seeds for name in config.methods], self.stream)
+        for seed in config.seeds:
+            self.seed(seed)
+            results = self.write(complete=seed == config.seeds[-1])
+        out_dir = Path(config.out)
+        if config.plots:
+            from . import plots
+
+            written = plots.make_all(results, out_dir, config.stem)
+            results["plots"] = [str(p) for p in written]
+            self.say("plots: " + ", ".join(str(p) for p in written))
+            results["wall_seconds"] = time.time() - self.start
+            write_json(out_dir / f"{config.stem}.json", results)
+        self.say(f"wrote {out_dir / (config.stem + '.json')} in {format_duration(time.time() - self.start)}")
+        return results
+
+    def make(self, name: str, seed: int, dymu_method: ControllerMethod | None, dymu_cost: dict[str, Any] | None) -> Method:
+        """A fresh, untrained method (the controller's variants and baselines use the trained controller)."""
+        steps, tasks = self.config.steps, self.tasks
+
+        def make_controller():
+            return dymu.Controller(dymu.backbones.lenet(), tasks, seed=seed)
+
+        if name == "dymu":
+            return ControllerMethod(make_controller, steps, edge_config=EdgeConfig(seed=seed), weight_config=WeightConfig(seed=seed))
+        if name == "single_task":
+            return SingleTask(dymu_method)
+        if name == "dymu_no_weight_hypernet":
+            return WithoutWeightHypernet(dymu_method)
+        if name in ABLATIONS:
+            return ControllerMethod(make_controller, steps, edge_config=EdgeConfig(seed=seed, regulariser=ABLATIONS[name]),
+                                    weight_config=WeightConfig(seed=seed), name=name, anchor_from=dymu_method,
+                                    use_weight_hypernet=self.config.ablation_weight_hypernet)
+        from .baselines import PHN, HardSharing, StaticTree
+
+        ctrl = dymu_method.controller
+        if name in ("phn", "phn_bn"):
+            mode = "full" if name == "phn" else "bn"
+            return PHN(dymu.backbones.lenet, tasks, steps, mode=mode, loss_scales=ctrl.loss_scales, seed=seed)
+        if name == "static_tree":
+            return StaticTree(dymu.backbones.lenet, tasks, steps, ctrl.affinity, static_tree_extra_share(dymu_cost),
+                              loss_scales=ctrl.loss_scales, seed=seed)
+        if name == "hard_sharing":
+            return HardSharing(dymu.backbones.lenet, tasks, steps, self.preferences[self.hs_index],
+                               loss_scales=ctrl.loss_scales, seed=seed)
+        raise ValueError(f"unknown method {name!r}")  # make_config rejects unknown names first
+
+    def seed(self, seed: int) -> None:
+        """Train and evaluate every method for one seed, then summarise them against this seed's single-task run."""
+        config = self.config
+        train, val, test = run_loaders(self.bench, config, seed)
+        dymu_method: ControllerMethod | None = None
+        dymu_cost: dict[str, Any] | None = None
+        raw: dict[str, tuple[list[protocol.ModelRecord], dict[str, Any] | None]] = {}
+        for name in config.methods:
+            job = len(self.clock.finished)
+            started = self.clock.begin(job)
+            method = self.make(name, seed, dymu_method, dymu_cost)
+            method.fit(train, val, device=self.device, verbose=True)
+            fit_seconds = time.time() - started
+            if name == "dymu":
+                dymu_method = method
+                self.settings_dynamic, self.skipped = protocol.settings_for(method)
+                if seed == config.seeds[0]:
+                    self.views = controller_views(method.controller, config)
+            settings = protocol.settings_for(method)[0]
+            if name in C_ONLY:
+                settings = [s for s in settings if s.c is not None]
+            prefs = self.preferences[self.hs_index] if name == "hard_sharing" else self.preferences
+            self.clock.log(f"seed {seed} | {name}: trained in {format_duration(fit_seconds)}; evaluating {len(settings)} setting(s) "
+                           f"x {len(prefs)} preferences on {self.n_test} test images")
+            records = protocol.evaluate_method(method, self.tasks, test, prefs, settings, device=self.device, example=self.example,
+                                               log=lambda text, name=name: self.clock.log(f"seed {seed} | {name}: {text}"))
+            cost = protocol.planned_cost(method, settings, self.cost_prefs) if method.dynamic_cost else None
+            if name == "dymu":
+                dymu_cost = cost
+            entry: dict[str, Any] = {"seed": seed, "train_seconds": method.train_seconds, "size": method.size(),
+                                     "records": [r.as_dict() for r in records], "cost": cost}
+            if name == "hard_sharing":
+                entry["train_seconds_all_preferences"] = method.train_seconds * len(self.preferences) / len(self.hs_index)
+            if name == "static_tree":
+                entry.update(tree=method.tree.to_dict(), extra_share=method.extra_share)
+            self.per_seed[name].append(entry)
+            raw[name] = (records, cost)
+            self.clock.end(job, started)
+        st_metrics = raw["single_task"][0][0].metrics
+        self.single_task[str(seed)] = st_metrics
+        space = protocol.loss_space(config.benchmark, [st_metrics[n]["loss"] for n in self.names], self.blind)
+        self.spaces.append(space)
+        subset = self.preferences[self.hs_index] if len(self.hs_index) < len(self.preferences) else None
+        for name, (records, cost) in raw.items():
+            self.per_seed[name][-1]["settings"] = protocol.summarise(records, self.tasks, space, st_metrics, cost, subset=subset)
+
+    # -------------------------------------------------------------------------------- results
+    def notes(self) -> list[str]:
+        config = self.config
+        notes = [
+            "std is the sample standard deviation over seeds (null with one seed)",
+            "mean_flops / params: per image; for the controller and its variants the mean over the cost preferences "
+            "from the plan, for fixed-cost methods over the built models",
+        ]
+        if not config.ablation_weight_hypernet and any(m in ABLATIONS for m in config.methods):
+            notes.append("the ablations (dymu_no_inactive, dymu_no_affinity_depth, dymu_all_active) train the edge hypernet "
+                         "with the changed regulariser on the controller's anchor and build their trees without a weight "
+                         "hypernet: compare them with dymu_no_weight_hypernet")
+        if self.n_val < len(self.bench.val):
+            notes.append(f"every method selects its models on the same first {self.n_val} of the {len(self.bench.val)} "
+                         "validation examples")
+        if self.n_test < len(self.bench.test):
+            notes.append(f"every method is evaluated on the same first {self.n_test} of the {len(self.bench.test)} test examples")
+        return notes
+
+    def method_row(self, name: str, entries: list[dict[str, Any]], space: protocol.LossSpace) -> dict[str, Any]:
+        """One method's aggregated results: the required fields at its headline setting, and every setting."""
+        settings = protocol.aggregate([e["settings"] for e in entries])
+        headline = protocol.STATIC.name if protocol.STATIC.name in settings else protocol.HEADLINE_SETTING
+        top = settings[headline]
+        row: dict[str, Any] = {
+            "headline_setting": headline,
+            "hv": top["hv"],
+            "hv_ref": list(space.reference),
+            "uniformity": top["uniformity"],
+            "controllability": top["controllability"],
+            "delta_mtl": top["delta_mtl"],
+            "mean_flops": top["mean_flops"],
+            "params": top["params"],
+            "train_seconds": protocol.aggregate([e["train_seconds"] for e in entries]),
+            "size": protocol.aggregate([e["size"] for e in entries]),
+            "settings": settings,
+            "seeds": [e["seed"] for e in entries],
+            "per_seed": [{k: v for k, v in e.items() if k != "records"} for e in entries],
+            "records": [e["records"] for e in entries],
+        }
+        curves = [e["cost"]["curve"] for e in entries if e.get("cost")]
+        if curves:
+            values = np.array([c["mean_flops"] for c in curves])
+            row["cost_curve"] = {"c": curves[0]["c"], "mean_flops": values.mean(axis=0).tolist(),
+                                 "std": values.std(axis=0, ddof=1).tolist() if len(values) > 1 else None}
+        if name == "hard_sharing":
+            n, k = len(self.preferences), len(self.hs_index)
+            row["train_seconds_all_preferences"] = protocol.aggregate([e["train_seconds_all_preferences"] for e in entries])
+            row["trained_preferences"] = [self.preferences[i].tolist() for i in self.hs_index]
+            if k < n:
+                row["trained_preferences_note"] = (
+                    f"hard sharing was trained for {k} of the {n} evaluation preferences (indices {self.hs_index}, evenly "
+                    f"spread), each for the same {self.config.steps.anchor} steps, to fit the time budget. Its hv, uniformity "
+                    f"and controllability are over those {k} models only (fewer points: compare its hv with the other "
+                    f"methods' hv_subset, taken over the same preferences); train_seconds is the measured time of those "
+                    f"models, train_seconds_all_preferences extrapolates it to all {n}."
+                )
+        if name == "static_tree":
+            row["trees"] = [e["tree"] for e in entries]
+            row["extra_share"] = [e["extra_share"] for e in entries]
+        return row
+
+    def write(self, *, complete: bool) -> dict[str, Any]:
+        """The results of the seeds done so far, written to ``OUT/<stem>.json``."""
+        config, space = self.config, self.spaces[0]
+        methods = {name: self.method_row(name, entries, space) for name, entries in self.per_seed.items() if entries}
+        results: dict[str, Any] = {
+            "benchmark": config.benchmark,
+            "mode": config.mode,
+            "complete": complete,
+            "command": self.command,
+            "seeds": [e["seed"] for e in self.per_seed["dymu"]],
+            "config": config.as_dict(),
+            "steps": asdict(config.steps),
+            "versions": versions(),
+            "git": self.git,
+            "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+            "data": {"checksum": self.bench.checksum,
+                     "sizes": {"train": len(self.bench.train), "val": len(self.bench.val), "test": len(self.bench.test)},
+                     "val_examples_used": self.n_val, "test_examples_evaluated": self.n_test,
+                     "source_checksums": self.bench.source_checksums},
+            "tasks": self.names,
+            "primary_metrics": {t.name: t.primary for t in self.tasks},
+            "higher_is_better": {t.name: t.higher_is_better for t in self.tasks},
+            "protocol": protocol.describe(space, self.preferences, self.settings_dynamic, self.skipped, config.cost_preferences),
+            "single_task": self.single_task,
+            "methods": methods,
+            "targets": protocol.check_targets(methods, hv_reference=list(space.reference)),
+            "controller_views": self.views,
+            "measured_costs": self.costs,
+            "estimate_seconds": self.est,
+            "notes": self.notes(),
+            "wall_seconds": time.time() - self.start,
+        }
+        write_json(Path(config.out) / f"{config.stem}.json", results)
+        return results

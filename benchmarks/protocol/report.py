@@ -1,0 +1,164 @@
+"""What a results file says about its protocol, and the tables printed from results files.
+
+:func:`describe` is the ``protocol`` entry of both pipelines' results; :func:`format_markdown` is the
+CPU benchmarks' markdown table (:mod:`benchmarks.run`), :func:`format_paper_table` the paper pipelines'
+plain-text table (:mod:`benchmarks.paper`). Both tables read the same per-setting keys
+(:data:`benchmarks.protocol.METRICS`).
+
+>>> hv_header({"units": "test loss", "reference": [2.0, 2.0]})
+'HV (ref (2, 2))'
+>>> hv_header({"units": "test loss / single-task test loss", "reference": [2.0, 2.0, 2.0]})
+'HV(ref 2x ST)'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .loss_space import LossSpace
+from .requests import COST_SEED, HEADLINE_SETTING, PREFERENCE_SEED, Setting
+
+__all__ = ["describe", "hv_header", "format_markdown", "format_paper_table"]
+
+
+def describe(space: LossSpace, preferences: np.ndarray, settings: Sequence[Setting], skipped: Sequence[Mapping],
+             n_cost: int, *, delta_mtl_excluded_tasks: Sequence[str] = ()) -> dict[str, Any]:
+    """The protocol as run, for the results file (``preferences`` ``[P, N]``, ``n_cost`` cost preferences)."""
+    n_tasks = preferences.shape[1]
+    return {
+        "preferences": (
+            f"{len(preferences)} Pareto HyperNetworks rays (angles 0.1 .. pi/2 - 0.1)" if n_tasks == 2
+            else f"{len(preferences)} Dirichlet(1) preferences, seed {PREFERENCE_SEED}"
+        ),
+        "evaluation_preferences": preferences.tolist(),
+        "settings_dynamic": [s.as_dict() for s in settings],
+        "settings_skipped": list(skipped),
+        "settings_static": "one model per preference, evaluated once per distinct model",
+        "headline_setting": f"{HEADLINE_SETTING} for dynamic methods, 'static' for the others",
+        "loss_space": space.as_dict(),
+        "uniformity": "EPO uniformity, mean over preferences, of the test losses"
+                      + (" divided by the single-task test losses" if space.normalise_uniformity else ""),
+        "controllability": "mean over tasks of Spearman(r_i, primary metric of task i) over the preferences; "
+                           "controllability_loss uses the negated test loss; null when undefined",
+        "delta_mtl": "per built model: Maninis et al.'s Delta_MTL (percent, primary metrics) against the single-task "
+                     "anchor streams' test metrics of the same run and seed; averaged over the evaluation preferences",
+        "delta_mtl_excluded_tasks": list(delta_mtl_excluded_tasks),
+        "cost": f"mean FLOPs (per image, FlopCounterMode: conv and matmul, multiply-add = 2) and parameters: over "
+                f"{n_cost} Dirichlet(1) preferences (seed {COST_SEED}) from the controller's plan for planning methods, "
+                "over the built models otherwise",
+        "model_selection": "validation split only; the test split is read once per distinct built model",
+        "seeds": "every number per seed, then mean and sample standard deviation over seeds",
+    }
+
+
+def hv_header(loss_space: Mapping[str, Any]) -> str:
+    """The hypervolume column's title, naming its reference point (``loss_space``: ``LossSpace.as_dict()``)."""
+    ref = loss_space["reference"]
+    if loss_space["units"] != "test loss":
+        return f"HV(ref {ref[0]:g}x ST)"
+    return "HV (ref (" + ", ".join(f"{v:.3g}" for v in ref) + "))"
+
+
+# ------------------------------------------------------------------------------ the CPU benchmarks
+def _pm(entry: dict[str, Any] | None, spec: str, scale: float = 1.0) -> str:
+    if not entry or entry.get("mean") is None:
+        return "–"
+    text = format(entry["mean"] * scale, spec)
+    if entry.get("std") is not None:
+        text += " ± " + format(entry["std"] * scale, spec.lstrip("+"))
+    return text
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    """A markdown table of every method (the controller at every setting, its ablations at c = 0 and 1)."""
+    space = results["protocol"]["loss_space"]
+    ref = "(" + ", ".join(f"{v:.3g}" for v in space["reference"]) + ")"
+    seeds = results["seeds"]
+    subset = any("hv_subset" in m for row in results["methods"].values() for m in row["settings"].values())
+    hs = results["methods"].get("hard_sharing", {})
+    lines = [
+        f"**{results['benchmark']}** ({results['mode']}, seeds {seeds}; steps anchor/edge/weights "
+        f"{results['steps']['anchor']}/{results['steps']['edge']}/{results['steps']['weights']}; HV in {space['units']}, "
+        f"reference point {ref}; mean ± std over seeds)",
+        "",
+        f"| method | setting | {hv_header(space)} |" + (" HV, hard-sharing prefs |" if subset else "")
+        + " uniformity | controllability | ΔMTL % | MFLOPs | params (k) | stored (k) | train s |",
+        "|---|---|---|" + ("---|" if subset else "") + "---|---|---|---|---|---|---|",
+    ]
+    for name, row in results["methods"].items():
+        settings = row["settings"]
+        shown = list(settings) if name == "dymu" else ([s for s in settings if s.startswith("c=")] or list(settings))
+        for s in shown:
+            m = settings[s]
+            cells = [name, s, _pm(m["hv"], ".4g")]
+            if subset:
+                cells.append(_pm(m["hv"], ".4g") if name == "hard_sharing" else _pm(m.get("hv_subset"), ".4g"))
+            train = _pm(row["train_seconds"], ".0f")
+            if name == "hard_sharing" and "trained_preferences_note" in row:
+                n_all = len(results["protocol"]["evaluation_preferences"])
+                train += f" (all {n_all}: {_pm(row['train_seconds_all_preferences'], '.0f')})"
+            cells += [_pm(m["uniformity"], ".4f"), _pm(m["controllability"], ".3f"), _pm(m["delta_mtl"], "+.2f"),
+                      _pm(m["mean_flops"], ".2f", 1e-6), _pm(m["params"], ".1f", 1e-3), _pm(row["size"], ".1f", 1e-3), train]
+            lines.append("| " + " | ".join(cells) + " |")
+    if subset and hs.get("trained_preferences_note"):
+        lines += ["", hs["trained_preferences_note"]]
+    lines.append("")
+    lines.append("Targets:")
+    for t in results["targets"]:
+        mark = {True: "met", False: "MISSED", None: "undecided"}[t["met"]]
+        numbers = {k: v for k, v in t.items() if k not in ("target", "met")}
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in numbers.items() if k not in ("c", "note"))
+        lines.append(f"- [{mark}] {t['target']}: {shown}")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
+
+
+# ------------------------------------------------------------------------------ the paper pipelines
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_paper_table(results: dict[str, Any]) -> str:
+    """The paper pipeline's text table: single-task metrics, then one row per evaluated ``c``."""
+    tasks = results["tasks"]
+    lines = [f"== {results['benchmark']}: {len(tasks)} tasks, seed {results['seed']}, "
+             f"steps {results['run']['steps']}, device {results['run']['device']} =="]
+    lines.append("single-task streams on test (the Delta_MTL and hypervolume baselines):")
+    width = max(len(t) for t in tasks)
+    for name in tasks:
+        m = results["single_task"][name]
+        primary = results["primary_metrics"][name]
+        loss = "" if primary == "loss" else f"  loss {m['loss']:.4f}"
+        lines.append(f"  {name:>{width}}  {primary} {m[primary]:.4f}{loss}")
+    header = ["c", "models", hv_header(results["protocol"]["loss_space"]), "uniformity", "controllab.", "ctrl(loss)",
+              "dMTL %", "FLOPs %", "MFLOPs", "params M", "nodes"]
+    rows = [header]
+    for s in results["per_c"]:
+        rows.append([
+            f"{s['c']:.1f}", str(s["n_models"]), _cell(s["hv"], ".4g"), _cell(s["uniformity"], ".4f"),
+            _cell(s["controllability"], ".3f"), _cell(s["controllability_loss"], ".3f"), _cell(s["delta_mtl"], "+.2f"),
+            f"{100 * s['flops_fraction']:.1f}", f"{s['mean_flops'] / 1e6:.2f}", f"{s['params'] / 1e6:.3f}",
+            _cell(s["mean_nodes"], ".1f"),
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
+    cost = results["cost"]
+    lines.append(
+        f"mean cost over {cost['n_preferences']} Dirichlet(1) preferences: "
+        + ", ".join(f"{name}: {100 * s['flops_fraction']:.1f}% FLOPs, {100 * s['params_fraction']:.1f}% params"
+                    for name, s in cost["settings"].items())
+        + f" (anchor {results['anchor']['mflops']:.1f} MFLOPs, {results['anchor']['params_m']:.2f} M params)"
+    )
+    return "\n".join(lines)
