@@ -3,11 +3,6 @@ that load and run in a fresh interpreter without dymu."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -15,6 +10,7 @@ from torch import nn
 import dymu
 from dymu.backbones.resnet import BasicBlock
 from dymu.export import export_derived, export_model, fold_batchnorm, foldable_pairs
+from _shipping import run_without_dymu
 
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -138,39 +134,6 @@ def test_folded_derived_model_matches(tmp_path):
     assert set(a) == set(b)
     for task in a:
         _assert_close(b[task], a[task])
-
-
-# Runs in `python -I -S` (no site-packages processing, so no editable dymu install, no PYTHONPATH):
-# only torch's own site-packages folder is put on the path.
-_CHILD = r"""
-import json, sys
-sys.path.append(SITE)
-try:
-    import dymu  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("dymu must not be importable here")
-import torch
-program = torch.export.load(PATH).module()
-case = torch.load(CASE)
-out = {}
-for name, x in case["inputs"].items():
-    y = program(x)
-    out[name] = {k: float((y[k] - case["expected"][name][k]).abs().max()) for k in case["expected"][name]}
-print(json.dumps(out))
-"""
-
-
-def run_without_dymu(program: Path, inputs: dict[str, torch.Tensor], expected: dict, workdir: Path) -> dict:
-    """Run ``program`` on ``inputs`` in a fresh interpreter that cannot import dymu; max |diff| per task."""
-    case = workdir / "case.pt"
-    torch.save({"inputs": inputs, "expected": expected}, case)
-    site = str(Path(torch.__file__).resolve().parent.parent)
-    code = f"SITE = {site!r}\nPATH = {str(program)!r}\nCASE = {str(case)!r}\n" + _CHILD
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_export_derived_runs_with_torch_alone_at_any_batch(tmp_path):
