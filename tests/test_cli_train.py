@@ -228,3 +228,9 @@ def test_help_texts(capsys):
 def test_train_help_mentions_readme_example():
     text = textwrap.dedent(cli._EPILOG)
     assert "Train on your own tasks" in text
+
+
+def test_readme_shows_this_example_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    assert "## Train on your own tasks" in readme
+    assert TASKS_MODULE.strip("\n") in readme and CONFIG.strip("\n") in readme
