@@ -169,3 +169,15 @@ def test_export_unfolded_program_is_identical_and_a_failed_export_keeps_the_old_
     with pytest.raises(RuntimeError):
         export_model(Broken(), path, x)
     assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]
+
+
+def test_fold_inplace_folds_the_module_itself():
+    net = _randomize_bn(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))).train()
+    x = torch.rand(2, 1, 6, 6)
+    with torch.no_grad():
+        want = net.eval()(x)
+    net.train()
+    assert fold_batchnorm(net, inplace=True) is net
+    assert not net.training and isinstance(net[1], nn.Identity)
+    with torch.no_grad():
+        _assert_close(net(x), want)
