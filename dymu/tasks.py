@@ -58,6 +58,14 @@ class Task:
         primary: the name of the metric that summarises the task (Delta_MTL, model selection);
             ``"loss"`` is always available.
         higher_is_better: the direction of the primary metric.
+        n_classes: for a classification task (per sample or per pixel), the number of classes: its
+            targets are then checked to be ``torch.int64`` labels in ``[0, n_classes)``
+            (:mod:`dymu.checks`). None (default): not a class-label task, or not declared.
+        ignore_index: a label value the loss skips (e.g. ``-1`` or ``255`` for unlabelled pixels);
+            only with ``n_classes``.
+        target_dtype: ``"float"`` for real-valued targets (regression, dense maps), checked to be
+            floating point and finite; ``"long"`` for class labels (implied by ``n_classes``);
+            None: not declared (only batch size and finiteness are checked).
 
     Example:
         >>> import torch.nn.functional as F
@@ -75,6 +83,9 @@ class Task:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     primary: str = "loss"
     higher_is_better: bool = False
+    n_classes: int | None = None
+    ignore_index: int | None = None
+    target_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -94,6 +105,14 @@ class Task:
             )
         if self.primary == "loss" and self.higher_is_better:
             raise ValueError(f"task {self.name!r}: the primary metric is the loss, so higher_is_better must be False")
+        if self.n_classes is not None and (isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 1):
+            raise ValueError(f"task {self.name!r}: n_classes must be a positive int or None, got {self.n_classes!r}")
+        if self.ignore_index is not None and self.n_classes is None:
+            raise ValueError(f"task {self.name!r}: ignore_index={self.ignore_index} needs n_classes (class labels)")
+        if self.target_dtype not in (None, "long", "float"):
+            raise ValueError(f"task {self.name!r}: target_dtype must be 'long', 'float' or None, got {self.target_dtype!r}")
+        if self.target_dtype == "float" and self.n_classes is not None:
+            raise ValueError(f"task {self.name!r}: a task with n_classes has integer labels, not target_dtype='float'")
 
     def build_head(self, out_shape: Shape, skip_shapes: Sequence[Shape] = ()) -> nn.Module:
         """Call the head factory with the backbone's output shape (and skip shapes if any)."""

@@ -89,6 +89,7 @@ def classification_task(name: str, num_classes: int, hidden: int = 64) -> Task:
         metrics={"acc": accuracy},
         primary="acc",
         higher_is_better=True,
+        n_classes=num_classes,
     )
 
 
@@ -100,6 +101,7 @@ def _segment_task(hidden: int) -> Task:
         metrics={"miou": MeanIoU(3), "pixel_acc": PixelAccuracy()},
         primary="miou",
         higher_is_better=True,
+        n_classes=3,
     )
 
 
@@ -111,6 +113,7 @@ def _clean_task(hidden: int) -> Task:
         metrics={"mae": mean_absolute_error},
         primary="mae",
         higher_is_better=False,
+        target_dtype="float",
     )
 
 
