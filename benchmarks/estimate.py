@@ -72,11 +72,13 @@ def measure_costs(bench: Benchmark, config: RunConfig, steps: int = 8) -> dict[s
     aff = torch.tensor(np.array(ctrl.affinity.matrix), dtype=torch.float32)
 
     def edge(n: int) -> float:
-        return train_edge(ctrl.anchor, ctrl.edge, ctrl.tasks, train, aff, ones, EdgeConfig(steps=n), device, False)["seconds"]
+        return train_edge(ctrl.anchor, ctrl.edge, ctrl.tasks, train, aff, ones, EdgeConfig(steps=n), device, False,
+                          cost_table=ctrl.cost_table)["seconds"]
 
     def weights(n: int) -> float:
         config = WeightConfig(steps=n)
-        return train_weights(ctrl.anchor, ctrl.edge, ctrl.weight, ctrl.tasks, train, ones, config, device, False)["seconds"]
+        return train_weights(ctrl.anchor, ctrl.edge, ctrl.weight, ctrl.tasks, train, ones, config, device, False,
+                             planner=ctrl.planner)["seconds"]
 
     shared = shared_network(dymu.backbones.lenet, tasks, 0)
 

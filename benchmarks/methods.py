@@ -126,14 +126,16 @@ class ControllerMethod(Method):
             source = self.anchor_from.controller
             ctrl.anchor.load_state_dict(source.anchor.state_dict())
             ctrl.loss_scales = source.loss_scales.clone()
-            ctrl.affinity, ctrl.calibration = source.affinity, source.calibration
+            ctrl.calibration = source.calibration
+            ctrl.affinity = source.affinity
+            ctrl.edge.set_affinity(source.edge.affinity)
             start -= source.stages["anchor"]["seconds"]
         else:
             ctrl.fit_anchor(train, val, steps=self.steps.anchor, device=device, verbose=verbose)
             ctrl.fit_affinity(train, device=device)
-        ctrl.fit_edge(train, config=replace(self.edge_config, steps=self.steps.edge), device=device, verbose=verbose)
+        ctrl.fit_edge(train, val, config=replace(self.edge_config, steps=self.steps.edge), device=device, verbose=verbose)
         if self.use_weight_hypernet:
-            ctrl.fit_weights(train, config=replace(self.weight_config, steps=self.steps.weights), device=device, verbose=verbose)
+            ctrl.fit_weights(train, val, config=replace(self.weight_config, steps=self.steps.weights), device=device, verbose=verbose)
         self.controller = ctrl
         self.train_seconds = time.time() - start
 

@@ -194,7 +194,9 @@ def _train(config: PaperConfig, prep: _Prepared, device: torch.device, verbose: 
     anchor_cfg, edge_cfg, weight_cfg = prep.configs
     torch.manual_seed(config.seed)
     backbone = paper_backbone(config.benchmark, config.width_mult, prep.model_size, config.backbone_weights)
-    ctrl = dymu.Controller(backbone, config.benchmark, seed=config.seed).to(device)
+    # converted pretrained weights are kept; a random backbone is initialised from the run's seed
+    init = "keep" if config.backbone_weights else "seed"
+    ctrl = dymu.Controller(backbone, config.benchmark, seed=config.seed, backbone_init=init).to(device)
     costs = ctrl.cost_table
     say(f"anchor: {ctrl.n_tasks} x {backbone.arch} (width {config.width_mult:g}), {ctrl.n_layers} blocks, "
         f"{costs.anchor_flops / 1e6:.1f} MFLOPs per image, {costs.anchor_params / 1e6:.2f} M params; "
@@ -209,9 +211,9 @@ def _train(config: PaperConfig, prep: _Prepared, device: torch.device, verbose: 
     calibration = 0 if edge_cfg.bn_stats == "anchor" else 512
     ctrl.fit_affinity(prep.affinity, calibration_samples=calibration, device=device)
     say("stage 1: edge hypernet")
-    ctrl.fit_edge(prep.train["stage1"], config=edge_cfg, device=device, verbose=verbose)
+    ctrl.fit_edge(prep.train["stage1"], prep.val, config=edge_cfg, device=device, verbose=verbose)
     say("stage 2: weight hypernet")
-    ctrl.fit_weights(prep.train["stage2"], config=weight_cfg, device=device, verbose=verbose)
+    ctrl.fit_weights(prep.train["stage2"], prep.val, config=weight_cfg, device=device, verbose=verbose)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = ctrl.save(out_dir / "controller.pt")

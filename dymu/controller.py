@@ -124,6 +124,7 @@ class Controller:
         self.loss_scales = torch.ones(n)
         self.calibration: Tensor | None = None
         self.control = "budget"
+        self.edge.anchor_at_zero.fill_(True)
         self.bn_stats = "anchor"
         self.adapt_scope = "shared"
         self.stages: dict[str, Any] = {}
@@ -320,6 +321,7 @@ class Controller:
         if self.calibration is None and config.bn_stats == "batch":
             raise ValueError("bn_stats='batch' needs calibration inputs: call fit_affinity(data) first")
         self.control = config.control
+        self.edge.anchor_at_zero.fill_(config.control == "budget")
         self.bn_stats = config.bn_stats
         self._invalidate()
         select = None

@@ -74,7 +74,7 @@ def run_demo(
     table = ctrl.cost_table
     static = {}
     for budget in (0.25, 0.6):
-        tree = branching_tree(affinity, budget=budget, layer_costs=list(table.block_flops))
+        tree = branching_tree(affinity, extra_share=budget, layer_costs=list(table.block_flops))
         static[budget] = tree
         plot_tree(tree, out / f"static_tree_budget_{budget}.png", layer_costs=list(table.block_flops),
                   title=f"static RSA branching tree at budget {budget}")
@@ -83,8 +83,8 @@ def run_demo(
     for budget, tree in static.items():
         print(f"\n[demo] static branching tree at budget {budget}:\n{tree}")
 
-    ctrl.fit_edge(train, config=EdgeConfig(steps=edge_steps, seed=seed), device=device)
-    ctrl.fit_weights(train, config=WeightConfig(steps=weight_steps, seed=seed), device=device)
+    ctrl.fit_edge(train, val, config=EdgeConfig(steps=edge_steps, seed=seed), device=device)
+    ctrl.fit_weights(train, val, config=WeightConfig(steps=weight_steps, seed=seed), device=device)
     ckpt = ctrl.save(out / "controller.pt")
 
     rows = []

@@ -130,9 +130,9 @@ def train_from_config(config: RunConfig | str | Path, *, verbose: bool = True) -
     timed("anchor", lambda: ctrl.fit_anchor(
         train, val, config=AnchorConfig(steps=steps["anchor"], eval_every=eval_every, seed=config.seed), device=device, verbose=verbose))
     timed("affinity", lambda: ctrl.fit_affinity(train, device=device))
-    timed("edge", lambda: ctrl.fit_edge(train, config=EdgeConfig(steps=steps["edge"], seed=config.seed), device=device, verbose=verbose))
+    timed("edge", lambda: ctrl.fit_edge(train, val, config=EdgeConfig(steps=steps["edge"], seed=config.seed), device=device, verbose=verbose))
     timed("weights", lambda: ctrl.fit_weights(
-        train, config=WeightConfig(steps=steps["weights"], seed=config.seed, bn_stats=ctrl.bn_stats), device=device, verbose=verbose))
+        train, val, config=WeightConfig(steps=steps["weights"], seed=config.seed, bn_stats=ctrl.bn_stats), device=device, verbose=verbose))
     checkpoint = ctrl.save(out / "controller.pt")
     if config.path.is_file():
         (out / "config.toml").write_bytes(config.path.read_bytes())

@@ -29,6 +29,10 @@ class EdgeHypernet(nn.Module):
     Under a binding budget a preferred task keeps its own stream and the others move to preferred,
     similar streams; at ``c = 0`` the terms vanish. The MLP learns the rest. Without them, a few
     hundred CPU steps learn trees that follow the budget but barely the preference.
+
+    With the buffer ``anchor_at_zero`` set (the budget mode), the logits are
+    ``(1 - c) * init_own_stream * I + c * (learned + structured)``: at zero budget pressure the most
+    likely tree is the anchor for every preference, by construction.
     """
 
     def __init__(
@@ -52,6 +56,8 @@ class EdgeHypernet(nn.Module):
         self.parent_gain = nn.Parameter(torch.ones(n_decisions))
         self.affinity_gain = nn.Parameter(torch.ones(n_decisions))
         self.register_buffer("affinity", torch.zeros(n_tasks, n_tasks))
+        self.register_buffer("own_prior", torch.eye(n_tasks) * init_own_stream)
+        self.register_buffer("anchor_at_zero", torch.tensor(False))
         with torch.no_grad():
             for head in self.heads:
                 head.weight.mul_(0.1)
@@ -72,7 +78,11 @@ class EdgeHypernet(nn.Module):
         own = torch.diag_embed(log_r).unsqueeze(1) * self.own_gain.view(1, -1, 1, 1)  # [B, L, N, N]
         parent = log_r.view(-1, 1, 1, self.n_tasks) * self.parent_gain.view(1, -1, 1, 1)
         similar = self.affinity.view(1, 1, self.n_tasks, self.n_tasks) * self.affinity_gain.view(1, -1, 1, 1)
-        return logits + c.view(-1, 1, 1, 1) * (own + parent + similar)
+        c = c.view(-1, 1, 1, 1)
+        if bool(self.anchor_at_zero):
+            # budget mode: no pressure means nothing to save, so every node keeps its own stream
+            return (1 - c) * self.own_prior + c * (logits + own + parent + similar)
+        return logits + c * (own + parent + similar)
 
 
 def most_likely_parents(logits: Tensor) -> list[list[int]]:

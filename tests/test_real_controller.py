@@ -1,7 +1,9 @@
 """The controller trained on real data (multifashion, about two minutes on 2 cores).
 
-After training, raising a task's preference must lower its test loss (Spearman controllability > 0
-for every task) and the mean FLOPs at c = 1 must be below those at c = 0.
+Paper mode: after training, raising a task's preference must lower its test loss (Spearman
+controllability > 0 for every task) and the mean FLOPs at c = 1 must be below those at c = 0.
+Budget mode (fashion_digits, six tasks): under a binding budget the tree follows the preference, and
+at budget 1 every preference gets the anchor tree.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def test_trained_controller_follows_preferences_and_resource_preference(multifas
     ctrl = dymu.Controller(dymu.backbones.lenet(), "multifashion", seed=0)
     ctrl.fit_anchor(train, val, config=dymu.AnchorConfig(steps=500, eval_every=250), verbose=False)
     ctrl.fit_affinity(train)
-    ctrl.fit_edge(train, steps=600, verbose=False)
+    ctrl.fit_edge(train, config=dymu.EdgeConfig(steps=600, control="paper"), verbose=False)
     ctrl.fit_weights(train, steps=300, verbose=False)
 
     test_batches = [batch for _, batch in zip(range(3), test)]  # 3,000 test images, read once per model
@@ -45,3 +47,28 @@ def test_trained_controller_follows_preferences_and_resource_preference(multifas
     plan_flops = {c: np.mean([ctrl.plan(p.tolist(), c=c).flops for p in prefs]) for c in (0.0, 1.0)}
     assert flops[1.0] < flops[0.0], flops
     assert plan_flops[1.0] < plan_flops[0.0], plan_flops
+
+
+@pytest.mark.slow
+def test_budget_mode_trees_follow_the_preference_and_full_budget_keeps_the_anchor():
+    try:
+        train, val, _ = load_benchmark("fashion_digits", 128, seed=0, limit=12000, eval_batch_size=500)
+    except MissingDataError as error:
+        pytest.skip(f"real data missing: {error}")
+    ctrl = dymu.Controller(dymu.backbones.lenet(), "fashion_digits", seed=0)
+    ctrl.fit_anchor(train, val, config=dymu.AnchorConfig(steps=150, eval_every=150), verbose=False)
+    ctrl.fit_affinity(train)
+    ctrl.fit_edge(train, val, steps=120, verbose=False, val_samples=256)
+    anchor_tree = dymu.Tree.independent(ctrl.task_names, ctrl.n_layers)
+    prefs = np.eye(6) * 0.85 + 0.15 / 6  # one preferred task each
+    plans = [ctrl.plan(p, 0.5) for p in prefs]
+    assert all(p.flops <= 0.5 * ctrl.cost_table.anchor_flops for p in plans)
+    distinct = {p.tree.assignment for p in plans}
+    assert len(distinct) >= 3, [p.tree.assignment for p in plans]
+    for p, plan in zip(prefs, plans):
+        preferred = int(np.argmax(p))
+        # the preferred task keeps its own stream deeper than the average task
+        own = [sum(row[k] == k for row in plan.tree.assignment) for k in range(6)]
+        assert own[preferred] >= np.mean(own), (preferred, plan.tree.assignment)
+    for p in prefs:
+        assert ctrl.plan(p, 1.0).tree == anchor_tree
