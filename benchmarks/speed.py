@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 import dymu
+from dymu.adaptation import Adaptation
 from dymu.anchor import tree_forward
 from dymu.checkpoint import versions
-from hyper import gumbel_softmax, most_likely_parents
+from hyper import gumbel_softmax, most_likely_parents, tree_code
 
 def _interleaved_median_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
     """Median seconds of each function, timed round-robin (one call of each per round)."""
@@ -229,8 +230,9 @@ def measure(ctrl: dymu.Controller, batch: int = 64, repeats: int = 20, seed: int
     def weight_step():
         with torch.no_grad():
             assignment = most_likely_parents(ctrl.edge(r, c)[0])
-        deltas = ctrl.weight(r, c)
-        outputs = tree_forward(anchor, assignment, x, lambda l, i: ctrl.weight.split(l, deltas[l][0, i]))
+        nodes, heads = ctrl.weight(r, c, tree_code(assignment, n).unsqueeze(0))
+        adapt = Adaptation(ctrl.weight, nodes, heads, assignment, "all")
+        outputs = tree_forward(anchor, assignment, x, adapt.node, adapt.head)
         sum(t.loss(outputs[t.name], targets[t.name]) for t in tasks).backward()
 
     edge_s = _median_seconds(edge_step, max(5, repeats // 2))
