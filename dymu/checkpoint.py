@@ -40,14 +40,14 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(np.__version__), "dymu": __version__}
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over ``path``."""
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(handle)`` on a temporary file beside ``path``, flush it to disk, rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -56,6 +56,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over ``path``."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def save_controller(ctrl: Controller, path: str | Path) -> Path:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -186,19 +185,9 @@ def export_model(
             program = torch.export.export(model, (example_input,), dynamic_shapes=dynamic_shapes)
     finally:
         model.train(was_training)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.export.save(program, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from .checkpoint import atomic_write
+
+    return atomic_write(path, lambda handle: torch.export.save(program, handle))
 
 
 def export_derived(model: nn.Module, path: str | os.PathLike, *, batch: int = 2, fold: bool = True) -> Path:
