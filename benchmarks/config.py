@@ -26,6 +26,7 @@ BENCHMARKS = ("multifashion", "fashion_digits")
 METHODS = (
     "dymu",
     "single_task",
+    "dymu_paper",
     "dymu_no_weight_hypernet",
     "dymu_no_inactive",
     "dymu_no_affinity_depth",
@@ -33,6 +34,7 @@ METHODS = (
     "phn",
     "phn_bn",
     "static_tree",
+    "static_equal_cost",
     "hard_sharing",
 )
 ALWAYS = ("dymu", "single_task")
@@ -61,7 +63,8 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
                  "test_examples": 3000, "cost_preferences": 1000, "val_examples": 3000},
     },
 }
-#: methods evaluated at c = 0 and c = 1 only (the paper's settings); the controller also gets the budgets
+#: methods evaluated at c = 0 and c = 1 only (the paper's settings); the controller (both control modes) also
+#: gets the budgets
 C_ONLY = ("dymu_no_weight_hypernet", *ABLATIONS)
 
 

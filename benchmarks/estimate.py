@@ -133,17 +133,20 @@ def estimate(config: RunConfig, costs: dict[str, float], n_tasks: int, n_val: in
     eval_tree = (eval_anchor + eval_static) / 2
     val_examples = min(n_val, math.ceil(config.val_examples / config.eval_batch_size) * config.eval_batch_size)
     static_val = val_examples * costs["eval_shared"]
-    # distinct models of the controller per preference: c = 0, c = 1, budget = min, budget = 0.5 where feasible
-    # (below the minimum with two tasks); budget = 1 gives the c = 0 models, evaluated once
-    dynamic_settings = 3 if n_tasks == 2 else 4
+    # distinct models of the controller per preference: c = 0, c = 1 and the budgets of the protocol that are
+    # feasible (0.4 and 0.5 lie below the two-task minimum); budget = 1 gives the c = 0 models, evaluated once
+    dynamic_settings = 2 + len(protocol.EVAL_BUDGETS) - 1 - (2 if n_tasks == 2 else 0)
+    n_equal_cost = len(protocol.EQUAL_COST_BUDGETS) - (1 if n_tasks == 2 else 0)
     # without the weight hypernet, equal trees are equal networks: a few distinct trees per c
     distinct_trees = min(n_pref, 3)
-    plans = config.cost_preferences * (2 * costs["plan_c"] + 3 * costs["plan_budget"] + len(protocol.COST_CURVE_CS) * costs["plan_c"])
+    plans = config.cost_preferences * (2 * costs["plan_c"] + (dynamic_settings + len(protocol.COST_BUDGETS)) * costs["plan_budget"]
+                                       + len(protocol.COST_CURVE_CS) * costs["plan_c"])
     anchor_validations = math.ceil(s.anchor / AnchorConfig().eval_every) + 1  # and the loss scales
     per: dict[str, float] = {}
     per["dymu"] = (s.anchor * costs["anchor"] + anchor_validations * val_examples * costs["eval_anchor"] + s.edge * costs["edge"]
                    + s.weights * costs["weights"] + n_pref * dynamic_settings * eval_tree + plans)
     per["single_task"] = eval_anchor
+    per["dymu_paper"] = s.edge * costs["edge"] + s.weights * costs["weights"] + n_pref * dynamic_settings * eval_tree + plans
     per["dymu_no_weight_hypernet"] = 2 * distinct_trees * eval_tree + plans / 2
     for name in ABLATIONS:
         if config.ablation_weight_hypernet:
@@ -153,6 +156,7 @@ def estimate(config: RunConfig, costs: dict[str, float], n_tasks: int, n_val: in
     for name in ("phn", "phn_bn"):
         per[name] = s.total * costs[name] + 10 * 5 * static_val + n_pref * eval_static
     per["static_tree"] = s.anchor * costs["anchor"] + 10 * static_val + eval_anchor
+    per["static_equal_cost"] = n_equal_cost * per["static_tree"]
     per["hard_sharing"] = n_hs * (s.anchor * costs["shared"] + 10 * static_val + eval_static)
     out = {name: per[name] for name in config.methods}
     out["per_seed"] = sum(out.values())

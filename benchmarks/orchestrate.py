@@ -188,13 +188,17 @@ class BenchmarkRun:
             return ControllerMethod(make_controller, steps, edge_config=EdgeConfig(seed=seed), weight_config=WeightConfig(seed=seed))
         if name == "single_task":
             return SingleTask(dymu_method)
+        if name == "dymu_paper":
+            # the paper's control (resource preference c, its regulariser) on the same anchor: both modes reported
+            return ControllerMethod(make_controller, steps, edge_config=EdgeConfig(seed=seed, control="paper"),
+                                    weight_config=WeightConfig(seed=seed), name=name, anchor_from=dymu_method)
         if name == "dymu_no_weight_hypernet":
             return WithoutWeightHypernet(dymu_method)
         if name in ABLATIONS:
             return ControllerMethod(make_controller, steps, edge_config=EdgeConfig(seed=seed, regulariser=ABLATIONS[name]),
                                     weight_config=WeightConfig(seed=seed), name=name, anchor_from=dymu_method,
                                     use_weight_hypernet=self.config.ablation_weight_hypernet)
-        from .baselines import PHN, HardSharing, StaticTree
+        from .baselines import PHN, HardSharing, StaticTree, StaticTreesAtBudgets
 
         ctrl = dymu_method.controller
         if name in ("phn", "phn_bn"):
@@ -203,6 +207,10 @@ class BenchmarkRun:
         if name == "static_tree":
             return StaticTree(dymu.backbones.lenet, tasks, steps, ctrl.affinity, static_tree_extra_share(dymu_cost),
                               loss_scales=ctrl.loss_scales, seed=seed)
+        if name == "static_equal_cost":
+            budgets = [b for b in protocol.EQUAL_COST_BUDGETS if b >= ctrl.min_budget]
+            return StaticTreesAtBudgets(dymu.backbones.lenet, tasks, steps, ctrl.affinity, ctrl.cost_table, budgets,
+                                        loss_scales=ctrl.loss_scales, seed=seed)
         if name == "hard_sharing":
             return HardSharing(dymu.backbones.lenet, tasks, steps, self.preferences[self.hs_index],
                                loss_scales=ctrl.loss_scales, seed=seed)
@@ -253,6 +261,9 @@ class BenchmarkRun:
         subset = self.preferences[self.hs_index] if len(self.hs_index) < len(self.preferences) else None
         for name, (records, cost) in raw.items():
             self.per_seed[name][-1]["settings"] = protocol.summarise(records, self.tasks, space, st_metrics, cost, subset=subset)
+        if "static_equal_cost" in raw:
+            self.per_seed["dymu"][-1]["equal_cost"] = protocol.compare_at_equal_cost(
+                self.per_seed["dymu"][-1]["settings"], self.per_seed["static_equal_cost"][-1]["settings"])
 
     # -------------------------------------------------------------------------------- results
     def notes(self) -> list[str]:
@@ -276,7 +287,7 @@ class BenchmarkRun:
     def method_row(self, name: str, entries: list[dict[str, Any]], space: protocol.LossSpace) -> dict[str, Any]:
         """One method's aggregated results: the required fields at its headline setting, and every setting."""
         settings = protocol.aggregate([e["settings"] for e in entries])
-        headline = protocol.STATIC.name if protocol.STATIC.name in settings else protocol.HEADLINE_SETTING
+        headline = next((s for s in (protocol.STATIC.name, protocol.HEADLINE_SETTING) if s in settings), next(iter(settings)))
         top = settings[headline]
         row: dict[str, Any] = {
             "headline_setting": headline,
@@ -299,6 +310,15 @@ class BenchmarkRun:
             values = np.array([c["mean_flops"] for c in curves])
             row["cost_curve"] = {"c": curves[0]["c"], "mean_flops": values.mean(axis=0).tolist(),
                                  "std": values.std(axis=0, ddof=1).tolist() if len(values) > 1 else None}
+        if all("equal_cost" in e for e in entries):
+            row["equal_cost"] = protocol.aggregate([e["equal_cost"] for e in entries])
+        budget_curves = [e["cost"]["budget_curve"] for e in entries if e.get("cost") and "budget_curve" in e["cost"]]
+        if budget_curves and budget_curves[0]["budget"]:
+            fractions = np.array([c["flops_fraction"] for c in budget_curves])
+            fallbacks = np.array([c["fallback_fraction"] for c in budget_curves])
+            row["budget_curve"] = {"budget": budget_curves[0]["budget"], "flops_fraction": fractions.mean(axis=0).tolist(),
+                                   "fallback_fraction": fallbacks.mean(axis=0).tolist(), "skipped": budget_curves[0]["skipped"],
+                                   "flops_fraction_per_seed": fractions.tolist()}
         if name == "hard_sharing":
             n, k = len(self.preferences), len(self.hs_index)
             row["train_seconds_all_preferences"] = protocol.aggregate([e["train_seconds_all_preferences"] for e in entries])
@@ -343,6 +363,7 @@ class BenchmarkRun:
             "single_task": self.single_task,
             "methods": methods,
             "targets": protocol.check_targets(methods, hv_reference=list(space.reference)),
+            "control_targets": protocol.check_control_targets(methods),
             "controller_views": self.views,
             "measured_costs": self.costs,
             "estimate_seconds": self.est,

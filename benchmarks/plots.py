@@ -9,6 +9,8 @@ figure is in loss space.
 * :func:`plot_task_losses`: each task's test loss against its preference weight.
 * :func:`plot_cost`: the controller's FLOPs over the preference simplex at c = 0 and c = 1.
 * :func:`plot_cost_curve`: mean FLOPs against c, controller and ablations.
+* :func:`plot_budget_curve`: planned mean FLOPs against the budget, with the band they must lie in.
+* :func:`plot_equal_cost`: per preference, the controller against the static tree of no more FLOPs.
 * :func:`plot_trees`: the trees the controller derives for a few contrasting preferences.
 * :func:`make_all`: all of the above for one results file.
 """
@@ -27,7 +29,8 @@ from matplotlib.image import imread
 from affinity.plots import plot_tree
 from affinity.tree import Tree
 
-__all__ = ["plot_front", "plot_task_losses", "plot_cost", "plot_cost_curve", "plot_trees", "make_all", "mean_records"]
+__all__ = ["plot_front", "plot_task_losses", "plot_cost", "plot_cost_curve", "plot_budget_curve", "plot_equal_cost",
+           "plot_trees", "make_all", "mean_records"]
 
 _DPI = 130
 
@@ -306,6 +309,70 @@ def plot_cost_curve(results: Mapping[str, Any], path: str | Path) -> Path | None
     return _save(fig, path)
 
 
+def plot_budget_curve(results: Mapping[str, Any], path: str | Path) -> Path | None:
+    """The controller's planned mean FLOPs (over the cost preferences; each seed and their mean) against the
+    budget, inside the band ``[0.8 b, b]`` it must lie in, with the share of fallback merges per budget.
+    Returns None without a budget curve."""
+    curve = (results.get("methods", {}).get("dymu") or {}).get("budget_curve")
+    if not curve or not curve.get("budget"):
+        return None
+    budgets = np.asarray(curve["budget"], dtype=float)
+    fig = _figure(6.5, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    grid = np.linspace(0, 1, 50)
+    ax.fill_between(grid, 80 * grid, 100 * grid, color="#2ca02c", alpha=0.15, label="target band [0.8 b, b]")
+    ax.plot(grid, 100 * grid, color="#2ca02c", lw=0.8)
+    for k, seed_values in enumerate(curve.get("flops_fraction_per_seed") or []):
+        ax.plot(budgets, 100 * np.asarray(seed_values), color="#6aa6e8", lw=0.8, marker=".", label="each seed" if k == 0 else None)
+    ax.plot(budgets, 100 * np.asarray(curve["flops_fraction"]), color="#1f4e9c", lw=2, marker="o", label="mean over seeds")
+    for b, f, fb in zip(budgets, curve["flops_fraction"], curve["fallback_fraction"]):
+        ax.annotate(f"fallback {100 * fb:.0f}%", (b, 100 * f), textcoords="offset points", xytext=(4, -12), fontsize=7)
+    ax.set_xlabel("budget b (fraction of the anchor's FLOPs, heads included)")
+    ax.set_ylabel("planned mean FLOPs, % of the anchor's")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    n = (results.get("config") or {}).get("cost_preferences")
+    ax.set_title(_title(results, f"does the cost follow the budget? ({n} preferences)"), fontsize=10)
+    return _save(fig, path)
+
+
+def plot_equal_cost(results: Mapping[str, Any], path: str | Path) -> Path | None:
+    """Per equal-cost budget, one point per (seed, evaluation preference): the static tree's
+    preference-weighted normalised test loss (x) against the controller's (y). Points below the diagonal
+    are preferences the controller wins. Returns None when the run has no static trees at equal cost."""
+    ours = (results.get("methods", {}).get("dymu") or {}).get("per_seed") or []
+    static = (results.get("methods", {}).get("static_equal_cost") or {}).get("per_seed") or []
+    wins = (results.get("methods", {}).get("dymu") or {}).get("equal_cost") or {}
+    names = list(wins)
+    if not names or not static:
+        return None
+    fig = _figure(4.2 * len(names), 4.4)
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), k + 1)
+        values = []
+        for seed_ours, seed_static in zip(ours, static):
+            a = np.asarray(seed_ours["settings"][name]["preference_loss_per_model"], dtype=float)
+            b = np.asarray(seed_static["settings"][name]["preference_loss_per_model"], dtype=float)
+            ax.scatter(b, a, s=14, alpha=0.8, label=f"seed {seed_ours['seed']}")
+            values += [*a, *b]
+        low, high = min(values), max(values)
+        pad = 0.05 * (high - low + 1e-9)
+        ax.plot([low - pad, high + pad], [low - pad, high + pad], color="#111111", lw=0.8, ls=":")
+        ax.set_xlim(low - pad, high + pad)
+        ax.set_ylim(low - pad, high + pad)
+        fraction = (wins[name].get("win_fraction") or {}).get("mean")
+        ax.set_title(f"{name}: controller wins {100 * fraction:.0f}%" if fraction is not None else name, fontsize=9)
+        ax.set_xlabel("static tree: sum_i r_i L_i / L_i(single)", fontsize=8)
+        if k == 0:
+            ax.set_ylabel("controller: sum_i r_i L_i / L_i(single)", fontsize=8)
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(_title(results, "dynamic against static at equal cost (below the diagonal: the controller wins)"), fontsize=10)
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------------------------------ trees
 def plot_trees(results: Mapping[str, Any], out_dir: str | Path, stem: str) -> list[Path]:
     """One file per derived tree (``STEM-tree-LABEL-cC.png``, :func:`affinity.plots.plot_tree`) and one
@@ -350,8 +417,10 @@ def make_all(results: Mapping[str, Any], out_dir: str | Path, stem: str) -> list
     written.append(plot_task_losses(results, out_dir / f"{stem}-task-losses.png"))
     if results.get("controller_views"):
         written.append(plot_cost(results, out_dir / f"{stem}-cost.png"))
-    curve = plot_cost_curve(results, out_dir / f"{stem}-cost-vs-c.png")
-    if curve is not None:
-        written.append(curve)
+    for extra in (plot_cost_curve(results, out_dir / f"{stem}-cost-vs-c.png"),
+                  plot_budget_curve(results, out_dir / f"{stem}-cost-vs-budget.png"),
+                  plot_equal_cost(results, out_dir / f"{stem}-equal-cost.png")):
+        if extra is not None:
+            written.append(extra)
     written += plot_trees(results, out_dir, stem)
     return written

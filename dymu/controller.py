@@ -35,7 +35,7 @@ from .backbones.base import BlockBackbone
 from .budget import CostTable
 from .derived import DerivedModel, derive_model, recalibrate_batchnorm
 from .evaluation import EvaluationTable, evaluate_model
-from .planner import BuildPlan, Planner
+from .planner import SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
 from .tasks import Task, check_tasks
 from .training import (
@@ -127,6 +127,7 @@ class Controller:
         self.edge.anchor_at_zero.fill_(True)
         self.bn_stats = "anchor"
         self.adapt_scope = "shared"
+        self.search = "hypernet"
         self.stages: dict[str, Any] = {}
         self._cache: OrderedDict[tuple, tuple[BuildPlan, Adaptation | None]] = OrderedDict()
 
@@ -148,7 +149,7 @@ class Controller:
     def planner(self) -> Planner:
         """The planner over the current edge hypernet, cost table, affinity and control mode."""
         matrix = np.asarray(self.affinity.matrix) if self.affinity is not None else None
-        return Planner(self.edge, self.cost_table, self.task_names, matrix, self.control)
+        return Planner(self.edge, self.cost_table, self.task_names, matrix, self.control, self.search)
 
     def _device(self, device: str | torch.device | None) -> torch.device:
         if device is None:
@@ -337,7 +338,22 @@ class Controller:
             "selection": result["selection"],
         }
         self._invalidate()
+        if val is not None and self.control == "budget":
+            self.stages["edge"]["search"] = self.choose_search(batches)
         return result
+
+    def choose_search(self, batches: list) -> dict[str, Any]:
+        """Keep the planner's budget search (``"hypernet"`` or ``"merge"``, :mod:`dymu.planner`) that scores
+        lower on :meth:`validation_requests` over ``batches`` (ties keep the hypernet). Returns the scores
+        and the choice; :attr:`search` holds it."""
+        scores = {}
+        for search in SEARCHES:
+            self.search = search
+            self._invalidate()
+            scores[search] = self._validation_score(batches, adapted=False)
+        self.search = min(SEARCHES, key=lambda s: (scores[s], s != "hypernet"))
+        self._invalidate()
+        return {"scores": scores, "chosen": self.search}
 
     # --------------------------------------------------------------------------- stage 2
     def fit_weights(
@@ -518,6 +534,7 @@ class Controller:
             "control": self.control,
             "bn_stats": self.bn_stats,
             "adapt_scope": self.adapt_scope,
+            "search": self.search,
             "stages": self.stages,
         }
 
@@ -558,6 +575,7 @@ class Controller:
         ctrl.control = state.get("control", "budget")
         ctrl.bn_stats = state.get("bn_stats", "anchor")
         ctrl.adapt_scope = state.get("adapt_scope", "shared")
+        ctrl.search = state.get("search", "hypernet")
         ctrl.stages = state.get("stages", {})
         ctrl.anchor.eval()
         ctrl.edge.eval()

@@ -15,6 +15,18 @@ Two control modes, fixed when the edge hypernet is trained (:class:`dymu.EdgeCon
   needs to be).
 * ``"paper"``: the hypernet's input is the paper's resource preference ``c``; a budget is met by the
   least frugal ``c`` of a 21-point grid whose tree fits.
+
+Two searches for a budget in budget mode (``search``), chosen on validation after stage 1
+(:meth:`dymu.Controller.fit_edge`):
+
+* ``"hypernet"``: the edge hypernet's trees over the pressure grid, as above.
+* ``"merge"`` ([choice] beyond the paper): from the anchor, merge branches along the affinity, the least
+  preference-weighted harm per FLOP saved first (:func:`dymu.budget.shrink_to_budget`), until the tree
+  fits: low-preference tasks move first, onto their most similar streams. On fashion_digits after a
+  few hundred stage-1 steps it followed the preference far more closely than the hypernet's trees (see
+  the README's control table); the controller keeps whichever scores better on its validation requests.
+  The merge is the plan here, not a fallback (``fallback`` stays False); the edge hypernet still serves
+  ``c`` requests, and either search gives the anchor tree at budget 1.
 """
 
 from __future__ import annotations
@@ -28,13 +40,14 @@ import numpy as np
 import torch
 
 from affinity.tree import Tree
-from hyper import EdgeHypernet, most_likely_parents
+from hyper import EdgeHypernet, budget_pressure, most_likely_parents
 
 from .budget import CostTable, shrink_to_budget
 
-__all__ = ["BuildPlan", "Planner", "CONTROL_MODES"]
+__all__ = ["BuildPlan", "Planner", "CONTROL_MODES", "SEARCHES"]
 
 CONTROL_MODES = ("budget", "paper")
+SEARCHES = ("hypernet", "merge")
 
 #: resource inputs tried, least frugal first: the paper's 21-point c grid; 41 budget pressures
 GRID_POINTS = 21
@@ -53,6 +66,7 @@ class BuildPlan:
         flops, params: per-image cost of the tree, from the cost table.
         fallback: True when no proposal fitted and branches were merged after the hypernet.
         mode: ``"budget"`` or ``"paper"``.
+        search: ``"hypernet"`` or ``"merge"``: what decided the tree (see the module docstring).
     """
 
     tree: Tree
@@ -63,6 +77,7 @@ class BuildPlan:
     params: int
     fallback: bool
     mode: str
+    search: str = "hypernet"
 
     @property
     def shrunk(self) -> bool:
@@ -79,6 +94,7 @@ class BuildPlan:
             "params": self.params,
             "fallback": self.fallback,
             "shrunk": self.fallback,
+            "search": self.search,
             "tree": self.tree.to_dict(),
         }
 
@@ -92,6 +108,7 @@ class Planner:
         task_names: the N tasks, in order.
         affinity: ``[N, N]`` task affinity for the fallback merge (None: all tasks alike).
         mode: ``"budget"`` or ``"paper"`` (see the module docstring).
+        search: ``"hypernet"`` or ``"merge"``: how a budget is met in budget mode (module docstring).
     """
 
     def __init__(
@@ -101,10 +118,13 @@ class Planner:
         task_names: Sequence[str],
         affinity: np.ndarray | None,
         mode: str = "budget",
+        search: str = "hypernet",
     ):
         if mode not in CONTROL_MODES:
             raise ValueError(f"control mode must be one of {CONTROL_MODES}, got {mode!r}")
-        self.edge, self.table, self.mode = edge, cost_table, mode
+        if search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+        self.edge, self.table, self.mode, self.search = edge, cost_table, mode, search
         self.task_names = list(task_names)
         n = len(self.task_names)
         self.affinity = np.ones((n, n)) if affinity is None else np.asarray(affinity, dtype=float)
@@ -138,6 +158,8 @@ class Planner:
         table = self.table
         if budget is not None:
             self.check_budget_reachable(budget)
+        if self.search == "merge" and self.mode == "budget" and budget is not None and c is None:
+            return self._merge_plan(preference, budget)
         inputs = self.resource_inputs(budget, c)
         device = next(self.edge.parameters()).device
         r = torch.as_tensor(np.asarray(preference), dtype=torch.float32, device=device)
@@ -164,4 +186,21 @@ class Planner:
             params=table.tree_params(assignment),
             fallback=fallback,
             mode=self.mode,
+        )
+
+    def _merge_plan(self, preference: np.ndarray, budget: float) -> BuildPlan:
+        table = self.table
+        anchor = [list(range(table.n_tasks)) for _ in range(table.n_layers)]
+        rows = shrink_to_budget(anchor, budget * table.anchor_flops, table, preference, self.affinity)
+        assignment = tuple(tuple(row) for row in rows)
+        return BuildPlan(
+            tree=Tree(self.task_names, assignment),
+            preference=tuple(float(v) for v in preference),
+            budget=budget,
+            c=float(budget_pressure(budget, table.min_budget)),
+            flops=table.tree_flops(assignment),
+            params=table.tree_params(assignment),
+            fallback=False,
+            mode=self.mode,
+            search="merge",
         )

@@ -230,3 +230,39 @@ def test_evaluate_returns_a_table_that_saves_to_json(controller, tmp_path):
     text = table.format({"t0": "acc", "t1": "acc", "t2": "acc"})
     assert "t0:acc" in text and len(text.splitlines()) == 5
     assert not math.isnan(table.metric("acc").sum())
+
+
+def test_the_merge_search_meets_the_budget_and_keeps_the_preferred_task_deepest(controller):
+    controller.search = "merge"
+    controller._invalidate()
+    table = controller.cost_table
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        r = rng.dirichlet(np.ones(3))
+        budget = float(rng.uniform(controller.min_budget, 1.0))
+        plan = controller.plan(r, budget)
+        assert plan.flops <= budget * table.anchor_flops and plan.search == "merge" and not plan.fallback
+    # near-uniform preferences may give the trunk to a group whose summed preference is larger;
+    for k in range(3):  # a clearly preferred task keeps its own stream at least as deep as any other
+        focus = np.full(3, 0.05)
+        focus[k] = 0.9
+        plan = controller.plan(focus, (controller.min_budget + 1) / 2)
+        own = [sum(row[j] == j for row in plan.tree.assignment) for j in range(3)]
+        assert own[k] == max(own), (k, plan.tree.assignment)
+    anchor = dymu.Tree.independent(controller.task_names, controller.n_layers)
+    assert controller.plan([0.2, 0.3, 0.5], 1.0).tree == anchor
+    # c requests still go to the edge hypernet
+    assert controller.plan([0.2, 0.3, 0.5], c=0.5).search == "hypernet"
+    with pytest.raises(ValueError, match="search must be one of"):
+        dymu.planner.Planner(controller.edge, table, controller.task_names, None, search="beam")
+
+
+def test_choose_search_keeps_the_search_that_scores_lower_on_validation(controller, monkeypatch, tmp_path):
+    scores = {"hypernet": 2.0, "merge": 1.5}
+    monkeypatch.setattr(type(controller), "_validation_score", lambda self, batches, adapted: scores[self.search])
+    assert controller.choose_search([]) == {"scores": scores, "chosen": "merge"} and controller.search == "merge"
+    scores["merge"] = 2.0  # a tie keeps the hypernet
+    assert controller.choose_search([])["chosen"] == "hypernet"
+    controller.search = "merge"
+    path = controller.save(tmp_path / "ctrl.pt")
+    assert dymu.load(path, tasks=controller.tasks, backbone=dymu.backbones.lenet(width_mult=0.25)).search == "merge"

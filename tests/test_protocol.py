@@ -89,11 +89,12 @@ def test_two_task_preferences_are_the_phn_rays_and_more_tasks_a_fixed_dirichlet_
 def test_settings_skip_a_budget_below_the_minimum_and_say_why():
     dynamic = _FakeMethod(lambda r, c: [1.0, 1.0], dynamic=True)
     settings, skipped = protocol.settings_for(dynamic, min_budget=0.52)
-    assert [s.name for s in settings] == ["c=0", "c=1", "budget=min", "budget=1"]
+    assert [s.name for s in settings] == ["c=0", "c=1", "budget=min", "budget=0.6", "budget=0.8", "budget=1"]
     assert settings[2].budget == pytest.approx(0.52) and settings[0].c == 0.0 and settings[0].budget is None
-    assert [s["name"] for s in skipped] == ["budget=0.5"] and "0.5200" in skipped[0]["reason"]
+    assert [s["name"] for s in skipped] == ["budget=0.4", "budget=0.5"] and "0.5200" in skipped[0]["reason"]
     settings, skipped = protocol.settings_for(dynamic, min_budget=0.3)
-    assert [s.name for s in settings] == ["c=0", "c=1", "budget=min", "budget=0.5", "budget=1"] and not skipped
+    assert [s.name for s in settings] == ["c=0", "c=1", "budget=min", "budget=0.4", "budget=0.5", "budget=0.6",
+                                          "budget=0.8", "budget=1"] and not skipped
     static = _FakeMethod(lambda r, c: [1.0, 1.0])
     assert protocol.settings_for(static) == ([protocol.STATIC], [])
     with pytest.raises(ValueError, match="minimum budget"):
@@ -316,3 +317,105 @@ def test_planned_cost_is_the_mean_of_the_controllers_plans(controller):
     assert cost["curve"]["c"] == [0.0, 1.0] and cost["curve"]["mean_flops"][1] == pytest.approx(np.mean([p.flops for p in plans]))
     assert cost["n_preferences"] == 12 and cost["anchor_flops"] == controller.cost_table.anchor_flops
     assert protocol.planned_cost(_FakeMethod(lambda r, c: [1.0, 1.0]), settings, prefs) is None
+
+
+def test_planned_cost_reports_whether_the_cost_follows_the_budget(controller):
+    method = _FakeMethod(lambda r, c: [1.0] * 3, dynamic=True)
+    method.controller = controller
+    prefs = protocol.cost_preferences(3, 10)
+    low = controller.min_budget / 2
+    cost = protocol.planned_cost(method, [], prefs, curve_cs=(), curve_budgets=(low, 0.7, 1.0))
+    curve = cost["budget_curve"]
+    assert curve["budget"] == [0.7, 1.0] and curve["skipped"] == [low]
+    for budget, fraction, fallback in zip(curve["budget"], curve["flops_fraction"], curve["fallback_fraction"]):
+        plans = [controller.plan(p, budget) for p in prefs]
+        assert fraction == pytest.approx(np.mean([p.flops for p in plans]) / controller.cost_table.anchor_flops)
+        assert fraction <= budget + 1e-9
+        assert fallback == pytest.approx(np.mean([p.fallback for p in plans]))
+
+
+# ------------------------------------------------------------------------------ equal cost, control
+def test_preference_loss_weighs_each_task_loss_by_its_preference_over_its_single_task_loss():
+    tasks = _tasks(2)
+    records = [_record("budget=0.5", [0.75, 0.25], [2.0, 3.0]), _record("budget=0.5", [0.25, 0.75], [1.0, 1.0])]
+    space = protocol.LossSpace((9.0, 9.0), (1.0, 1.0), False, "example")
+    out = protocol.summarise(records, tasks, space, {"t0": {"loss": 1.0, "mae": 1.0}, "t1": {"loss": 2.0, "mae": 2.0}})["budget=0.5"]
+    assert out["preference_loss_per_model"] == pytest.approx([0.75 * 2 + 0.25 * 1.5, 0.25 * 1 + 0.75 * 0.5])
+    assert set(out["controllability_per_task"]) == {"t0", "t1"}
+    assert out["distinct_trees"] is None and out["fallback_fraction"] is None  # no trees in these records
+    with pytest.raises(ValueError, match="positive"):
+        protocol.preference_losses(np.ones((1, 2)), np.ones((1, 2)), [1.0, 0.0])
+
+
+def test_summary_counts_distinct_trees_and_fallback_merges():
+    tasks = _tasks(2)
+    rows = []
+    for k, (tree, shrunk) in enumerate([([[0, 1], [0, 1]], False), ([[0, 0], [0, 1]], True), ([[0, 1], [0, 1]], False)]):
+        record = _record("budget=0.6", [0.5 + 0.1 * k, 0.5 - 0.1 * k], [1.0 + k, 2.0 - k])
+        record.info = {"tree": tree, "shrunk": shrunk}
+        rows.append(record)
+    space = protocol.LossSpace((9.0, 9.0), (1.0, 1.0), False, "example")
+    out = protocol.summarise(rows, tasks, space, {"t0": {"loss": 1.0, "mae": 1.0}, "t1": {"loss": 1.0, "mae": 1.0}})["budget=0.6"]
+    assert out["distinct_trees"] == 2 and out["fallback_fraction"] == pytest.approx(1 / 3)
+
+
+def test_equal_cost_comparison_counts_the_preferences_the_controller_wins():
+    ours = {"budget=0.4": {"preference_loss_per_model": [1.0, 2.0]}, "budget=0.6": {"preference_loss_per_model": [1.0, 1.0]}}
+    static = {"budget=0.4": {"preference_loss_per_model": [1.5, 1.0]}, "budget=0.6": {"preference_loss_per_model": [1.0, 0.5]}}
+    out = protocol.compare_at_equal_cost(ours, static, budgets=(0.4, 0.6, 0.8))
+    assert set(out) == {"budget=0.4", "budget=0.6"}  # 0.8 is on neither side
+    assert out["budget=0.4"]["wins"] == 1 and out["budget=0.6"]["wins"] == 0  # a tie is no win
+    with pytest.raises(ValueError, match="same preferences"):
+        protocol.compare_at_equal_cost(ours, {"budget=0.4": {"preference_loss_per_model": [1.0]}}, budgets=(0.4,))
+
+
+def _control_methods(ctrl=0.8, per_task=(0.5, 0.4), trees=9.0, delta=-5.0, hv_half=0.5, hv_full=1.0, hv_single=1.0,
+                     wins=0.8, fractions=(0.28, 0.45, 0.66, 0.85), fallback=0.01):
+    setting = {"controllability": _agg(ctrl), "controllability_per_task": {f"t{k}": _agg(v) for k, v in enumerate(per_task)},
+               "distinct_trees": _agg(trees)}
+    settings = {"budget=0.4": setting, "budget=0.6": setting, "budget=0.5": {"delta_mtl": _agg(delta), "hv": _agg(hv_half)},
+                "budget=1": {"hv": _agg(hv_full)}}
+    equal = {f"budget={b:g}": {"win_fraction": _agg(wins), "mean_ours": _agg(1.0), "mean_static": _agg(1.1)} for b in (0.4, 0.6, 0.8)}
+    curve = {"budget": [0.3, 0.5, 0.7, 0.9], "flops_fraction": list(fractions), "fallback_fraction": [fallback] * 4, "skipped": []}
+    return {"dymu": {"settings": settings, "equal_cost": equal, "budget_curve": curve},
+            "single_task": {"settings": {"static": {"hv": _agg(hv_single)}}}}
+
+
+def test_control_targets_are_met_only_when_every_condition_holds():
+    assert all(t["met"] for t in protocol.check_control_targets(_control_methods()))
+    for change, missed in [({"per_task": (0.9, 0.2)}, "controllability"), ({"trees": 7.0}, "distinct trees"),
+                           ({"delta": -11.0}, "budget=0.5"), ({"hv_half": 0.0}, "budget=0.5"),
+                           ({"hv_full": 0.9}, "budget=1"), ({"wins": 0.7}, "static tree"),
+                           ({"fractions": (0.2, 0.45, 0.66, 0.85)}, "planned mean FLOPs"), ({"fallback": 0.06}, "planned mean FLOPs")]:
+        targets = protocol.check_control_targets(_control_methods(**change))
+        failed = [t["target"] for t in targets if t["met"] is False]
+        assert failed and all(missed in t for t in failed), (change, failed)
+    undecided = protocol.check_control_targets({"dymu": {"settings": {}}})
+    assert all(t["met"] is None and "why_undecided" in t for t in undecided)
+
+
+def test_static_trees_at_equal_cost_fit_their_budgets(controller):
+    from benchmarks.baselines import StaticTreesAtBudgets
+    from benchmarks.baselines.equal_cost import extra_share_for_budget
+    from benchmarks.methods import StepBudget
+    from dymu.metrics import count_flops
+    from tests._tiny import tiny_batches
+
+    table = controller.cost_table
+    budgets = [b for b in (0.4, 0.6, 0.8, 1.0) if b >= table.min_budget]
+    method = StaticTreesAtBudgets(lambda: dymu.backbones.lenet(width_mult=0.25), controller.tasks, StepBudget(2, 1, 1),
+                                  controller.affinity, table, budgets, loss_scales=[1.0, 1.0, 1.0])
+    assert [s.budget for s in protocol.settings_for(method)[0]] == budgets
+    data = tiny_batches(3)
+    method.fit(data, data, device="cpu", verbose=False)
+    example = data[0][0][:1]
+    sizes = []
+    for budget in budgets:
+        model = method.model_for(np.full(3, 1 / 3), budget=budget)
+        sizes.append(count_flops(model, example))
+        assert sizes[-1] <= budget * table.anchor_flops
+    assert sizes == sorted(sizes)  # a larger budget never buys a smaller tree
+    with pytest.raises(ValueError, match="budget among"):
+        method.model_for(np.full(3, 1 / 3), budget=0.55)
+    with pytest.raises(ValueError, match="cheapest tree"):
+        extra_share_for_budget(table, table.min_budget / 2)

@@ -59,16 +59,21 @@ def test_budget_mode_trees_follow_the_preference_and_full_budget_keeps_the_ancho
     ctrl.fit_anchor(train, val, config=dymu.AnchorConfig(steps=150, eval_every=150), verbose=False)
     ctrl.fit_affinity(train)
     ctrl.fit_edge(train, val, steps=120, verbose=False, val_samples=256)
+    choice = ctrl.stages["edge"]["search"]
+    assert choice["chosen"] == ctrl.search == min(choice["scores"], key=choice["scores"].get)
     anchor_tree = dymu.Tree.independent(ctrl.task_names, ctrl.n_layers)
     prefs = np.eye(6) * 0.85 + 0.15 / 6  # one preferred task each
-    plans = [ctrl.plan(p, 0.5) for p in prefs]
-    assert all(p.flops <= 0.5 * ctrl.cost_table.anchor_flops for p in plans)
-    distinct = {p.tree.assignment for p in plans}
-    assert len(distinct) >= 3, [p.tree.assignment for p in plans]
-    for p, plan in zip(prefs, plans):
-        preferred = int(np.argmax(p))
-        # the preferred task keeps its own stream deeper than the average task
-        own = [sum(row[k] == k for row in plan.tree.assignment) for k in range(6)]
-        assert own[preferred] >= np.mean(own), (preferred, plan.tree.assignment)
-    for p in prefs:
-        assert ctrl.plan(p, 1.0).tree == anchor_tree
+    for search in ("hypernet", "merge"):  # whichever validation chose, both searches keep the promise
+        ctrl.search = search
+        ctrl._invalidate()
+        plans = [ctrl.plan(p, 0.5) for p in prefs]
+        assert all(p.flops <= 0.5 * ctrl.cost_table.anchor_flops and p.search == search for p in plans)
+        distinct = {p.tree.assignment for p in plans}
+        assert len(distinct) >= 3, (search, [p.tree.assignment for p in plans])
+        for p, plan in zip(prefs, plans):
+            preferred = int(np.argmax(p))
+            # the preferred task keeps its own stream deeper than the average task
+            own = [sum(row[k] == k for row in plan.tree.assignment) for k in range(6)]
+            assert own[preferred] >= np.mean(own), (search, preferred, plan.tree.assignment)
+        for p in prefs:
+            assert ctrl.plan(p, 1.0).tree == anchor_tree

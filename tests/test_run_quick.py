@@ -40,9 +40,22 @@ def test_the_results_file_holds_every_required_field_for_every_method(tiny_run):
             assert set(row[key]) >= {"mean", "std"} and row[key]["mean"] is not None, (name, key)
         assert row["hv_ref"] == [2.0, 2.0]
     dymu = results["methods"]["dymu"]
-    # budget 0.5 is below the cheapest two-task tree: skipped, and the results say so
-    assert set(dymu["settings"]) == {"c=0", "c=1", "budget=min", "budget=1"}
-    assert [s["name"] for s in results["protocol"]["settings_skipped"]] == ["budget=0.5"]
+    # budgets 0.4 and 0.5 are below the cheapest two-task tree: skipped, and the results say so
+    assert set(dymu["settings"]) == {"c=0", "c=1", "budget=min", "budget=0.6", "budget=0.8", "budget=1"}
+    assert [s["name"] for s in results["protocol"]["settings_skipped"]] == ["budget=0.4", "budget=0.5"]
+    assert set(results["methods"]["dymu_paper"]["settings"]) == set(dymu["settings"])
+    # dynamic against static at equal cost, where a static tree fits: 0.6 and 0.8
+    assert set(results["methods"]["static_equal_cost"]["settings"]) == {"budget=0.6", "budget=0.8"}
+    assert set(dymu["equal_cost"]) == {"budget=0.6", "budget=0.8"}
+    for entry in dymu["equal_cost"].values():
+        assert 0 <= entry["win_fraction"]["mean"] <= 1 and entry["n"]["mean"] == 3
+    curve = dymu["budget_curve"]
+    assert curve["budget"] == [0.7, 0.9] and curve["skipped"] == [0.3, 0.5]
+    assert all(f <= b + 1e-9 for b, f in zip(curve["budget"], curve["flops_fraction"]))
+    control = {t["target"]: t for t in results["control_targets"]}
+    assert len(control) == 8
+    below_minimum = [t for name, t in control.items() if "budget=0.4" in name or "budget=0.5" in name]
+    assert len(below_minimum) == 3 and all(t["met"] is None and t["why_undecided"] for t in below_minimum)
     assert dymu["settings"]["budget=min"]["mean_flops"]["mean"] == results["controller_views"]["min_flops"]
     assert len(dymu["cost_curve"]["c"]) == len(dymu["cost_curve"]["mean_flops"])
     assert set(results["methods"]["dymu_no_inactive"]["settings"]) == {"c=0", "c=1"}
@@ -60,7 +73,7 @@ def test_the_results_file_holds_every_required_field_for_every_method(tiny_run):
 
 def test_plots_are_written(tiny_run):
     out, results, _ = tiny_run
-    for suffix in ("front", "task-losses", "cost", "cost-vs-c", "trees"):
+    for suffix in ("front", "task-losses", "cost", "cost-vs-c", "cost-vs-budget", "equal-cost", "trees"):
         path = out / f"multifashion-quick-custom-{suffix}.png"
         assert path.stat().st_size > 10_000, path
     assert len(list(out.glob("multifashion-quick-custom-tree-*.png"))) == 6
@@ -71,7 +84,8 @@ def test_the_markdown_table_has_a_row_per_method_and_setting(tiny_run):
     _, results, _ = tiny_run
     table = run.format_markdown(results)
     assert "| dymu | budget=min |" in table and "| phn | static |" in table and "reference point (2, 2)" in table
-    assert table.count("\n- [") == len(results["targets"])
+    assert table.count("\n- [") == len(results["targets"]) + len(results["control_targets"])
+    assert "| budget=0.6 |" in table and "wins vs static tree" in table
 
 
 def test_configs_reject_unknown_names_and_mark_changed_budgets():

@@ -4,6 +4,7 @@
 * :class:`PHN`: Pareto HyperNetworks, ``mode="full"`` (all weights from the hypernet) or ``"bn"``
   (PHN-BN: only the BatchNorm affine parameters).
 * :class:`StaticTree`: a static branched network from the task affinity under a FLOP budget.
+* :class:`StaticTreesAtBudgets`: one static tree per controller budget (dynamic against static at equal cost).
 
 All get the same data, backbone family, step budget (:class:`benchmarks.methods.StepBudget`), loss
 scales and seeds as the controller, and return plain :class:`dymu.DerivedModel` networks.
@@ -11,6 +12,7 @@ scales and seeds as the controller, and return plain :class:`dymu.DerivedModel` 
 
 from .hard_sharing import HardSharing
 from .phn import PHN, ChunkedHypernet
+from .equal_cost import StaticTreesAtBudgets
 from .static_tree import StaticTree
 
-__all__ = ["HardSharing", "PHN", "ChunkedHypernet", "StaticTree"]
+__all__ = ["HardSharing", "PHN", "ChunkedHypernet", "StaticTree", "StaticTreesAtBudgets"]

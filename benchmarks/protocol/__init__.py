@@ -11,7 +11,8 @@ module                                   idea
 :mod:`~benchmarks.protocol.cost`         mean planned cost over preferences
 :mod:`~benchmarks.protocol.summary`      per-setting numbers (HV with its reference point, uniformity,
                                          controllability, Delta_MTL, cost) and their mean over seeds
-:mod:`~benchmarks.protocol.targets`      the issue's targets
+:mod:`~benchmarks.protocol.equal_cost`   dynamic against static trees of no more FLOPs, per preference
+:mod:`~benchmarks.protocol.targets`      the issues' targets
 :mod:`~benchmarks.protocol.report`       the ``protocol`` entry of a results file, the printed tables
 =======================================  ===================================================================
 
@@ -26,9 +27,9 @@ Preferences
 Settings
     A method whose cost can change (``Method.dynamic_cost``: the controller and its variants) is asked for
     a model at ``c = 0`` and ``c = 1`` (resource preference, no budget enforced) and at the FLOP budgets
-    ``{minimum, 0.5, 1}`` (fractions of the anchor's FLOPs; "minimum" is the cheapest tree: one stream plus
+    ``{minimum, 0.4, 0.5, 0.6, 0.8, 1}`` (fractions of the anchor's FLOPs; "minimum" is the cheapest tree: one stream plus
     the heads). A budget below the minimum cannot be met by any tree: that setting is skipped and the skip
-    is recorded (on ``multifashion`` the minimum is 0.52, so 0.5 is skipped there). A method with one
+    is recorded (on ``multifashion`` the minimum is 0.52, so 0.4 and 0.5 are skipped there). A method with one
     fixed cost is evaluated once per preference (:data:`STATIC`). See :func:`settings_for`.
 
 Test data and model selection
@@ -73,7 +74,18 @@ Seeds (:func:`aggregate`)
     Every number above is computed per seed, then reported as its mean and standard deviation over
     seeds (sample standard deviation; ``None`` with a single seed).
 
-Targets (:func:`check_targets`)
+Control (:func:`compare_at_equal_cost`, :func:`planned_cost`)
+    Per budget setting also ``controllability_per_task``, ``distinct_trees`` (how many different trees the
+    evaluation preferences got) and ``fallback_fraction`` (the share merged after the hypernet). Dynamic
+    against static at equal cost: at the budgets :data:`EQUAL_COST_BUDGETS` (0.4, 0.6, 0.8) a static
+    affinity tree of no more FLOPs (heads included) is trained jointly on the equal preference for the
+    static step budget, and for each evaluation preference the controller's preference-weighted normalised
+    test loss ``sum_i r_i L_i / L_i(single task)`` is compared with the static tree's; ``win_fraction`` is
+    the share of preferences the controller wins. The cost follows the budget: over the cost preferences
+    the planned mean FLOPs at each budget of :data:`COST_BUDGETS` (0.3, 0.5, 0.7, 0.9) and the share of
+    fallback merges (``budget_curve``).
+
+Targets (:func:`check_targets`, :func:`check_control_targets`)
     The issue's targets, each with the numbers it was decided on: the controller's hypervolume and
     uniformity above PHN's and PHN-BN's (means over seeds, at ``c = 0`` and at ``c = 1``), its mean FLOPs
     falling as ``c`` rises, and its total training time below that of the per-preference hard-sharing
@@ -82,7 +94,8 @@ Targets (:func:`check_targets`)
 
 from __future__ import annotations
 
-from .cost import planned_cost
+from .cost import COST_BAND, COST_BUDGETS, planned_cost
+from .equal_cost import EQUAL_COST_BUDGETS, WIN_TARGET, budget_setting, compare_at_equal_cost
 from .loss_space import HV_REFERENCE, HV_REFERENCE_FACTOR, INPUT_BLIND_RULE, LossSpace, hv_of, input_blind_losses, loss_space, normalised_loss_space
 from .records import ModelRecord, evaluate_method, records_from_table
 from .report import describe, format_markdown, format_paper_table, hv_header
@@ -105,8 +118,8 @@ from .requests import (
     format_number,
     settings_for,
 )
-from .summary import METRICS, aggregate, summarise
-from .targets import check_targets
+from .summary import METRICS, aggregate, preference_losses, summarise
+from .targets import check_control_targets, check_targets
 
 __all__ = [
     "PREFERENCE_SEED",
@@ -146,4 +159,12 @@ __all__ = [
     "hv_header",
     "format_markdown",
     "format_paper_table",
+    "COST_BAND",
+    "COST_BUDGETS",
+    "EQUAL_COST_BUDGETS",
+    "WIN_TARGET",
+    "budget_setting",
+    "compare_at_equal_cost",
+    "check_control_targets",
+    "preference_losses",
 ]

@@ -105,14 +105,43 @@ def format_markdown(results: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     if subset and hs.get("trained_preferences_note"):
         lines += ["", hs["trained_preferences_note"]]
-    lines.append("")
-    lines.append("Targets:")
-    for t in results["targets"]:
-        mark = {True: "met", False: "MISSED", None: "undecided"}[t["met"]]
-        numbers = {k: v for k, v in t.items() if k not in ("target", "met")}
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in numbers.items() if k not in ("c", "note"))
-        lines.append(f"- [{mark}] {t['target']}: {shown}")
+    lines += _control_table(results)
+    for title, key in (("Targets:", "targets"), ("Control targets:", "control_targets")):
+        if key not in results:
+            continue
+        lines += ["", title]
+        for t in results[key]:
+            mark = {True: "met", False: "MISSED", None: "undecided"}[t["met"]]
+            numbers = {k: v for k, v in t.items() if k not in ("target", "met")}
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in numbers.items() if k not in ("c", "note"))
+            lines.append(f"- [{mark}] {t['target']}: {shown}")
     return "\n".join(lines)
+
+
+def _control_table(results: dict[str, Any]) -> list[str]:
+    """The controller's budget settings: does the tree follow the preference, and does it beat a static tree
+    of no more FLOPs (means over seeds)."""
+    dymu = results["methods"].get("dymu")
+    if not dymu:
+        return []
+    budgets = [s for s in dymu["settings"] if s.startswith("budget=")]
+    if not budgets:
+        return []
+    wins = dymu.get("equal_cost") or {}
+    lines = ["", "| dymu setting | controllability | lowest task | distinct trees | fallback % | MFLOPs | "
+                 "wins vs static tree of ≤ FLOPs | Σ r L/L_single: dymu / static |", "|---|---|---|---|---|---|---|---|"]
+    for s in budgets:
+        m = dymu["settings"][s]
+        per_task = {k: v.get("mean") for k, v in (m.get("controllability_per_task") or {}).items()}
+        lowest = [(v, k) for k, v in per_task.items() if v is not None]
+        low = f"{min(lowest)[1]} {min(lowest)[0]:.2f}" if lowest else "–"
+        fallback = (m.get("fallback_fraction") or {}).get("mean")
+        w = wins.get(s)
+        win = f"{100 * w['win_fraction']['mean']:.0f}%" if w and w["win_fraction"].get("mean") is not None else "–"
+        losses = f"{w['mean_ours']['mean']:.3f} / {w['mean_static']['mean']:.3f}" if w else "–"
+        lines.append(f"| {s} | {_pm(m['controllability'], '.3f')} | {low} | {_pm(m.get('distinct_trees'), '.1f')} | "
+                     f"{'–' if fallback is None else f'{100 * fallback:.0f}'} | {_pm(m['mean_flops'], '.2f', 1e-6)} | {win} | {losses} |")
+    return lines
 
 
 def _short(value: Any) -> str:

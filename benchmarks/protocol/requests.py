@@ -56,8 +56,8 @@ N_DIRICHLET = 20
 N_COST_PREFERENCES = 1000
 #: resource preferences every dynamic method is evaluated at (the paper: c in {0, 1})
 EVAL_CS = (0.0, 1.0)
-#: FLOP budgets (fractions of the anchor's FLOPs); "min" is the cheapest tree's
-EVAL_BUDGETS: tuple[float | str, ...] = ("min", 0.5, 1.0)
+#: FLOP budgets (fractions of the anchor's FLOPs, heads included); "min" is the cheapest tree's
+EVAL_BUDGETS: tuple[float | str, ...] = ("min", 0.4, 0.5, 0.6, 0.8, 1.0)
 #: resource preferences of the mean-cost curve (does the cost fall as c rises?)
 COST_CURVE_CS = tuple(float(c) for c in np.linspace(0.0, 1.0, 11))
 #: the setting whose numbers are a dynamic method's headline (its top-level fields)
@@ -133,12 +133,17 @@ def settings_for(
     (with the reason).
 
     A dynamic method gets ``c`` in ``cs`` and every budget in ``budgets`` (``"min"`` is the method's
-    minimum budget: its controller's, or ``min_budget``); a budget below the minimum is skipped. A static
+    minimum budget: its controller's, or ``min_budget``); a budget below the minimum is skipped. A method
+    with a ``budget_settings`` attribute (one fixed model per budget) gets exactly those budgets. A static
     method gets :data:`STATIC` only.
 
     Raises:
         ValueError: a dynamic method with budgets but no known minimum budget.
     """
+    own = getattr(method, "budget_settings", None)
+    if own is not None:
+        # a method of one fixed model per budget (the static trees at equal cost) is asked at those budgets only
+        return [Setting(f"budget={format_number(b)}", budget=float(b)) for b in own], []
     if not method.dynamic_cost:
         return [STATIC], []
     settings = cs_settings(cs)

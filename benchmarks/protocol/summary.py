@@ -16,6 +16,16 @@ Per setting (:func:`summarise`, keys :data:`METRICS`), for the CPU benchmarks an
 ``mean_flops`` / ``params`` (and their ``_fraction`` of the anchor's)
     the planned mean over the cost preferences where a :func:`~benchmarks.protocol.planned_cost` is given,
     else the mean over the built models (always kept as ``mean_flops_eval`` / ``params_eval``).
+``controllability_per_task``
+    ``{task: Spearman correlation}`` (``None`` where undefined): the mean hides a task the preference does
+    not reach.
+``preference_loss_per_model``
+    per model, the preference-weighted normalised loss ``sum_i r_i L_i / L_i(single task)`` (lower is
+    better; 1 for the single-task streams): what a user who states ``r`` pays, on one scale for every
+    task set; :mod:`~benchmarks.protocol.equal_cost` compares methods on it.
+``distinct_trees``, ``fallback_fraction``
+    how many different trees the preferences got (None without trees), and the share of models whose tree
+    the planner merged after the hypernet (``info["shrunk"]``; None where unknown).
 ``mean_nodes``, ``n_models``, ``mean_loss``, ``mean_primary``
     tree size (None without trees), model count, per-task means.
 
@@ -44,14 +54,14 @@ from typing import Any
 
 import numpy as np
 
-from dymu.metrics import controllability, delta_mtl, uniformity
+from dymu.metrics import controllability, controllability_per_task, delta_mtl, uniformity
 from dymu.results import finite_or_none
 from dymu.tasks import Task
 
 from .loss_space import LossSpace, hv_of
 from .records import ModelRecord
 
-__all__ = ["METRICS", "summarise", "aggregate"]
+__all__ = ["METRICS", "summarise", "aggregate", "preference_losses"]
 
 #: the per-setting numbers of :func:`summarise` (besides the per-task ``mean_loss`` / ``mean_primary``)
 METRICS = (
@@ -60,6 +70,7 @@ METRICS = (
     "uniformity",
     "controllability",
     "controllability_loss",
+    "controllability_per_task",
     "delta_mtl",
     "delta_mtl_per_model",
     "mean_flops",
@@ -69,21 +80,51 @@ METRICS = (
     "mean_flops_eval",
     "params_eval",
     "mean_nodes",
+    "distinct_trees",
+    "fallback_fraction",
+    "preference_loss_per_model",
     "n_models",
 )
 
 
-def _controllability(tasks: Sequence[Task], prefs: np.ndarray, primary: np.ndarray, losses: np.ndarray) -> tuple[float, float]:
-    """Spearman controllability of ``[P, N]`` primary metrics and of the negated losses (NaN when undefined)."""
+def _controllability(tasks: Sequence[Task], prefs: np.ndarray, primary: np.ndarray, losses: np.ndarray) -> tuple[float, float, list[float]]:
+    """Spearman controllability of ``[P, N]`` primary metrics (mean and ``[N]`` per task) and of the negated
+    losses (NaN when undefined)."""
     names = [t.name for t in tasks]
     if len(prefs) < 2:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), [float("nan")] * len(tasks)
+    directions = [t.higher_is_better for t in tasks]
     with warnings.catch_warnings():
         # a method whose model ignores the preference has constant metrics: controllability is undefined
         warnings.simplefilter("ignore", RuntimeWarning)
-        by_metric = controllability(prefs, primary, [t.higher_is_better for t in tasks], task_names=names)
+        by_metric = controllability(prefs, primary, directions, task_names=names)
         by_loss = controllability(prefs, losses, False, task_names=names)
-    return by_metric, by_loss
+        per_task = controllability_per_task(prefs, primary, directions, task_names=names)
+    return by_metric, by_loss, [float(v) for v in per_task]
+
+
+def preference_losses(prefs: np.ndarray, losses: np.ndarray, single_task_losses: Sequence[float]) -> np.ndarray:
+    """``[P]`` the preference-weighted normalised loss ``sum_i r_i L_i / L_i(single task)`` of ``[P, N]`` losses.
+
+    >>> preference_losses(np.array([[0.5, 0.5], [1.0, 0.0]]), np.array([[2.0, 1.0], [2.0, 9.0]]), [1.0, 1.0]).tolist()
+    [1.5, 2.0]
+    """
+    base = np.asarray(single_task_losses, dtype=np.float64)
+    if base.shape != (losses.shape[1],) or not (base > 0).all():
+        raise ValueError(f"single-task losses must be {losses.shape[1]} positive numbers, got {base.tolist()}")
+    return (np.asarray(prefs, dtype=np.float64) * np.asarray(losses, dtype=np.float64) / base).sum(axis=1)
+
+
+def _distinct_trees(rows: Sequence[ModelRecord]) -> int | None:
+    trees = [r.info.get("tree") for r in rows]
+    if any(t is None for t in trees):
+        return None
+    return len({tuple(tuple(layer) for layer in t) for t in trees})
+
+
+def _fallback_fraction(rows: Sequence[ModelRecord]) -> float | None:
+    flags = [r.info.get("shrunk") for r in rows]
+    return None if any(f is None for f in flags) else float(np.mean([bool(f) for f in flags]))
 
 
 def _deltas(tasks: Sequence[Task], primary: np.ndarray, single_task: Mapping[str, Mapping[str, float]]) -> list[float]:
@@ -136,6 +177,7 @@ def summarise(
         ``mean_loss`` / ``mean_primary`` per task (and ``hv_subset`` with ``subset``).
     """
     names = [t.name for t in tasks]
+    st_losses = [float(single_task[n]["loss"]) for n in names]
     if anchor is None and cost is not None and "anchor_flops" in cost:
         anchor = (cost["anchor_flops"], cost["anchor_params"])
     out: dict[str, dict[str, Any]] = {}
@@ -144,7 +186,7 @@ def summarise(
         prefs = np.array([r.preference for r in rows])
         losses = np.array([r.losses for r in rows])
         primary = np.array([r.primary for r in rows])
-        ctrl_metric, ctrl_loss = _controllability(tasks, prefs, primary, losses)
+        ctrl_metric, ctrl_loss, ctrl_per_task = _controllability(tasks, prefs, primary, losses)
         deltas = _deltas(tasks, primary, single_task)
         flops_eval = float(np.mean([r.flops for r in rows]))
         params_eval = float(np.mean([r.params for r in rows]))
@@ -158,6 +200,7 @@ def summarise(
             "uniformity": uniformity(space.uniformity_losses(losses), prefs),
             "controllability": finite_or_none(ctrl_metric),
             "controllability_loss": finite_or_none(ctrl_loss),
+            "controllability_per_task": {n: finite_or_none(v) for n, v in zip(names, ctrl_per_task)},
             "delta_mtl": finite_or_none(float(np.mean(deltas))),
             "delta_mtl_per_model": [finite_or_none(d) for d in deltas],
             "mean_flops": mean_flops,
@@ -167,6 +210,9 @@ def summarise(
             "mean_flops_eval": flops_eval,
             "params_eval": params_eval,
             "mean_nodes": None if None in nodes else float(np.mean(nodes)),
+            "distinct_trees": _distinct_trees(rows),
+            "fallback_fraction": _fallback_fraction(rows),
+            "preference_loss_per_model": preference_losses(prefs, losses, st_losses).tolist(),
             "n_models": len(rows),
             "mean_loss": {n: float(losses[:, k].mean()) for k, n in enumerate(names)},
             "mean_primary": {n: float(primary[:, k].mean()) for k, n in enumerate(names)},

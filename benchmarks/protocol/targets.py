@@ -1,6 +1,8 @@
-"""The issue's targets, decided on the means over seeds, each with the numbers it was decided on.
+"""The issues' targets, decided on the means over seeds, each with the numbers it was decided on.
 
-The controller's hypervolume and uniformity above PHN's and PHN-BN's (at ``c = 0`` and at ``c = 1``),
+:func:`check_control_targets`: the tree follows the preference when the budget binds, nothing is lost at
+full budget, dynamic beats static at equal cost, the cost follows the budget. :func:`check_targets`: the
+controller's hypervolume and uniformity above PHN's and PHN-BN's (at ``c = 0`` and at ``c = 1``),
 its mean FLOPs falling as ``c`` rises, and its total training time below that of the per-preference
 hard-sharing models.
 
@@ -16,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .cost import COST_BAND
+from .equal_cost import EQUAL_COST_BUDGETS, WIN_TARGET, budget_setting
 from .requests import EVAL_CS, HEADLINE_SETTING, STATIC, format_number
 
-__all__ = ["check_targets"]
+__all__ = ["check_targets", "check_control_targets"]
 
 
 def _mean(methods: Mapping[str, Any], name: str, setting: str, metric: str) -> float | None:
@@ -96,4 +100,87 @@ def check_targets(
     if hs.get("trained_preferences_note"):
         entry["note"] = hs["trained_preferences_note"]
     targets.append(entry)
+    return targets
+
+
+#: "Control that works": budgets where the preference must decide the tree, and its thresholds
+CONTROL_BUDGETS = (0.4, 0.6)
+MIN_CONTROLLABILITY, MIN_TASK_CONTROLLABILITY, MIN_DISTINCT_TREES = 0.7, 0.3, 8
+#: at budget 0.5 the derived models must not collapse
+MID_BUDGET, MIN_DELTA_MTL = 0.5, -10.0
+MAX_FALLBACK = 0.05
+
+
+def _undecided(target: str, why: str = "a method, setting or number is missing from this run") -> dict[str, Any]:
+    return {"target": target, "met": None, "why_undecided": why}
+
+
+def check_control_targets(methods: Mapping[str, Any], *, controller: str = "dymu") -> list[dict[str, Any]]:
+    """The targets of "control that works", decided on the means over seeds, each with its numbers.
+
+    At budgets 0.4 and 0.6 the preference decides the tree (mean Spearman controllability >= 0.7, every
+    task's > 0.3, at least 8 distinct trees over the evaluation preferences); at 0.5 the models do not
+    collapse (mean Delta_MTL >= -10 %, HV > 0); at budget 1 nothing is lost (HV >= the single-task
+    streams'); at the equal-cost budgets the controller beats the static tree of no more FLOPs for at least
+    :data:`~benchmarks.protocol.equal_cost.WIN_TARGET` of the preferences; the planned mean cost lies in
+    ``[0.8 b, b]`` and the fallback merge serves under 5 % of the requests. ``methods`` as in
+    :func:`check_targets`, with the controller's ``equal_cost`` and ``budget_curve`` rows.
+
+    >>> agg = lambda v: {"mean": v, "std": None, "n": 1}
+    >>> methods = {"dymu": {"settings": {"budget=1": {"hv": agg(1.0)}}}, "single_task": {"settings": {"static": {"hv": agg(1.0)}}}}
+    >>> [t["met"] for t in check_control_targets(methods) if t["target"].startswith("dymu hv at budget=1")]
+    [True]
+    """
+    targets: list[dict[str, Any]] = []
+    settings = methods.get(controller, {}).get("settings", {})
+    for budget in CONTROL_BUDGETS:
+        name = budget_setting(budget)
+        text = (f"{controller} at {name}: mean controllability >= {MIN_CONTROLLABILITY}, every task > "
+                f"{MIN_TASK_CONTROLLABILITY}, >= {MIN_DISTINCT_TREES} distinct trees")
+        row = settings.get(name)
+        if row is None:
+            targets.append(_undecided(text, f"{name} was not evaluated (below the minimum budget, or not in this run)"))
+            continue
+        mean = (row.get("controllability") or {}).get("mean")
+        per_task = {k: v.get("mean") for k, v in (row.get("controllability_per_task") or {}).items()}
+        trees = (row.get("distinct_trees") or {}).get("mean")
+        numbers = [mean, trees, *per_task.values()]
+        met = None if any(v is None for v in numbers) or not per_task else bool(
+            mean >= MIN_CONTROLLABILITY and min(per_task.values()) > MIN_TASK_CONTROLLABILITY and trees >= MIN_DISTINCT_TREES)
+        targets.append({"target": text, "met": met, "controllability": mean, "per_task": per_task, "distinct_trees": trees})
+    name = budget_setting(MID_BUDGET)
+    text = f"{controller} at {name}: mean ΔMTL >= {MIN_DELTA_MTL:g} % and HV > 0"
+    row = settings.get(name)
+    if row is None:
+        targets.append(_undecided(text, f"{name} was not evaluated (below the minimum budget, or not in this run)"))
+    else:
+        delta, hv = (row.get("delta_mtl") or {}).get("mean"), (row.get("hv") or {}).get("mean")
+        met = None if delta is None or hv is None else bool(delta >= MIN_DELTA_MTL and hv > 0)
+        targets.append({"target": text, "met": met, "delta_mtl": delta, "hv": hv})
+    ours = _mean(methods, controller, budget_setting(1.0), "hv")
+    theirs = _mean(methods, "single_task", _static_setting(methods, "single_task"), "hv")
+    text = f"{controller} hv at budget=1 >= single_task hv (mean over seeds)"
+    if ours is None or theirs is None:
+        targets.append(_undecided(text))
+    else:
+        targets.append({"target": text, "met": bool(ours >= theirs - 1e-12), controller: ours, "single_task": theirs})
+    wins = methods.get(controller, {}).get("equal_cost") or {}
+    for budget in EQUAL_COST_BUDGETS:
+        name = budget_setting(budget)
+        text = f"{controller} beats the static tree of no more FLOPs at {name} for >= {WIN_TARGET:.0%} of the preferences"
+        fraction = ((wins.get(name) or {}).get("win_fraction") or {}).get("mean")
+        if fraction is None:
+            targets.append(_undecided(text))
+            continue
+        targets.append({"target": text, "met": bool(fraction >= WIN_TARGET), "win_fraction": fraction,
+                        "mean_loss_ours": wins[name]["mean_ours"]["mean"], "mean_loss_static": wins[name]["mean_static"]["mean"]})
+    curve = methods.get(controller, {}).get("budget_curve")
+    text = f"{controller} planned mean FLOPs in [{COST_BAND} b, b] of the anchor's and fallback < {MAX_FALLBACK:.0%} (cost preferences)"
+    if not curve or not curve.get("budget"):
+        targets.append(_undecided(text, "no budget curve in this run"))
+    else:
+        fractions, fallback = curve["flops_fraction"], float(sum(curve["fallback_fraction"]) / len(curve["fallback_fraction"]))
+        inside = [COST_BAND * b - 1e-9 <= f <= b + 1e-9 for b, f in zip(curve["budget"], fractions)]
+        targets.append({"target": text, "met": bool(all(inside) and fallback < MAX_FALLBACK), "budget": curve["budget"],
+                        "flops_fraction": fractions, "fallback_fraction": fallback, "skipped": curve.get("skipped", [])})
     return targets
