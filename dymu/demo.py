@@ -84,6 +84,10 @@ def run_demo(
         print(f"\n[demo] static branching tree at budget {budget}:\n{tree}")
 
     ctrl.fit_edge(train, val, config=EdgeConfig(steps=edge_steps, seed=seed), device=device)
+    choice = ctrl.stages["edge"].get("search")
+    if choice:
+        print("\n[demo] budget search chosen on validation: " + choice["chosen"] + " (validation scores, lower is better: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in choice["scores"].items()) + ")", flush=True)
     ctrl.fit_weights(train, val, config=WeightConfig(steps=weight_steps, seed=seed), device=device)
     ckpt = ctrl.save(out / "controller.pt")
 
@@ -118,6 +122,7 @@ def run_demo(
         "static_trees": {str(b): t.to_dict() for b, t in static.items()},
         "anchor_flops": table.anchor_flops,
         "min_budget": ctrl.min_budget,
+        "search": choice,
         "requests": rows,
         "checkpoint": str(ckpt),
         "seconds": time.time() - start,
@@ -143,10 +148,10 @@ def _matrix_text(tasks, matrix) -> str:
 
 
 def _results_text(ctrl: Controller, rows: list[dict[str, Any]]) -> str:
-    header = ["request", "budget", "c", "MFLOPs", "% anchor", "nodes"] + [f"{t.name}:{t.primary}" for t in ctrl.tasks]
+    header = ["request", "budget", "search", "c", "MFLOPs", "% anchor", "nodes"] + [f"{t.name}:{t.primary}" for t in ctrl.tasks]
     lines = [header]
     for row in rows:
-        cells = [row["label"], f"{row['budget']:.2f}", f"{row['c']:.2f}", f"{row['flops'] / 1e6:.2f}",
+        cells = [row["label"], f"{row['budget']:.2f}", row.get("search", "hypernet"), f"{row['c']:.2f}", f"{row['flops'] / 1e6:.2f}",
                  f"{100 * row['flops'] / ctrl.cost_table.anchor_flops:.0f}",
                  str(sum(len(set(r)) for r in row["tree"]["assignment"]))]
         cells += [f"{row['metrics'][t.name][t.primary]:.3f}" for t in ctrl.tasks]
