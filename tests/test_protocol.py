@@ -316,3 +316,18 @@ def test_planned_cost_is_the_mean_of_the_controllers_plans(controller):
     assert cost["curve"]["c"] == [0.0, 1.0] and cost["curve"]["mean_flops"][1] == pytest.approx(np.mean([p.flops for p in plans]))
     assert cost["n_preferences"] == 12 and cost["anchor_flops"] == controller.cost_table.anchor_flops
     assert protocol.planned_cost(_FakeMethod(lambda r, c: [1.0, 1.0]), settings, prefs) is None
+
+
+def test_the_package_exports_every_name_of_its_modules_as_the_same_object():
+    import importlib
+    import pkgutil
+
+    modules = [importlib.import_module(f"benchmarks.protocol.{m.name}") for m in pkgutil.iter_modules(protocol.__path__)]
+    assert len(modules) == 7
+    names = [name for module in modules for name in module.__all__]
+    assert sorted(protocol.__all__) == sorted(names) and len(set(names)) == len(names)
+    for module in modules:
+        for name in module.__all__:
+            assert getattr(protocol, name) is getattr(module, name), name
+    # the function, not the module of the same name
+    assert callable(protocol.loss_space) and protocol.loss_space.__module__ == "benchmarks.protocol.loss_space"
