@@ -29,12 +29,13 @@ from affinity.features import collect_features
 from affinity.rsa import AffinityResult, rsa_affinity
 from hyper import EdgeHypernet, WeightHypernet, tree_code
 
-from .adaptation import Adaptation
+from .adaptation import Adaptation, BatchNorm
 from .anchor import AnchorNet, tree_forward
 from .backbones.base import BlockBackbone
 from .budget import CostTable
 from .derived import DerivedModel, derive_model, recalibrate_batchnorm
 from .evaluation import EvaluationTable, evaluate_model
+from .export import fold_batchnorm
 from .planner import SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
 from .tasks import Task, check_tasks
@@ -439,6 +440,7 @@ class Controller:
         *,
         c: float | None = None,
         use_weight_hypernet: bool = True,
+        fold_bn: bool = False,
     ) -> DerivedModel:
         """Build the tree-structured network for a task preference and a compute budget.
 
@@ -456,10 +458,17 @@ class Controller:
                 alone no budget is enforced (the paper's protocol).
             use_weight_hypernet: False builds the tree with the anchor's own weights (the paper's
                 "without weight hypernet" baseline).
+            fold_bn: fold every BatchNorm that directly follows a convolution or linear layer into
+                that layer where the fold is exact (:func:`dymu.export.fold_batchnorm`, in place on the
+                model's private copy): fewer operations at inference, outputs equal to the unfolded
+                model's to float32 rounding, FLOPs never higher (so the budget still holds).
+                ``model.info["folded_bn"]`` counts the folded pairs (0 without folding). A folded
+                model has no BatchNorm left to train or recalibrate: fold for inference only.
 
         Returns:
             a :class:`~dymu.derived.DerivedModel` in eval mode: ``model(x [B, C, H, W]) -> {task: pred}``,
-            ``model.tree``, ``model.flops()``, ``model.info`` (the plan, see :class:`BuildPlan`).
+            ``model.tree``, ``model.flops()``, ``model.info`` (the plan, see :class:`BuildPlan`;
+            ``info["flops"]`` is the unfolded tree's cost).
 
         Raises:
             ValueError: bad preferences (NaN, infinite, negative, all zero, unknown or missing task,
@@ -476,6 +485,12 @@ class Controller:
                 raise ValueError("this controller re-estimates BatchNorm statistics but holds no calibration inputs")
             device = self._device(None)
             recalibrate_batchnorm(model, (b.to(device) for b in self.calibration.split(128)))
+        model.info["folded_bn"] = 0
+        if fold_bn:
+            # counted as BatchNorms gone: each fold replaces exactly one by nn.Identity
+            before = sum(isinstance(m, BatchNorm) for m in model.modules())
+            fold_batchnorm(model, inplace=True)
+            model.info["folded_bn"] = before - sum(isinstance(m, BatchNorm) for m in model.modules())
         model.info["build_ms"] = (time.perf_counter() - start) * 1e3
         return model
 

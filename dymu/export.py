@@ -190,16 +190,21 @@ def export_model(
     return atomic_write(path, lambda handle: torch.export.save(program, handle))
 
 
-def export_derived(model: nn.Module, path: str | os.PathLike, *, batch: int = 2, fold: bool = True) -> Path:
+def export_derived(
+    model: nn.Module, path: str | os.PathLike, *, batch: int = 2, fold: bool = True, example: Tensor | None = None
+) -> Path:
     """Export a derived model (``model.input_shape = (C, H, W)``) with a dynamic batch dimension.
 
-    ``fold=True`` folds BatchNorm first (:func:`fold_batchnorm`): fewer ops in the shipped program,
-    same outputs to float32 rounding. The example input is ``batch`` zeros of the model's input shape.
+    ``fold=True`` folds BatchNorm into a copy first (:func:`fold_batchnorm`; ``model`` is not
+    modified): fewer ops in the shipped program, same outputs to float32 rounding; ``fold=False``
+    ships the model's own operations, outputs identical. The example input to trace with is
+    ``example [B, C, H, W]`` or, by default, ``batch`` zeros of the model's input shape.
     """
-    shape: Sequence[int] | None = getattr(model, "input_shape", None)
-    if shape is None:
-        raise ValueError("the model does not know its input shape (input_shape is None): use export_model(model, path, x)")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    example = torch.zeros(batch, *shape, device=device)
+    if example is None:
+        shape: Sequence[int] | None = getattr(model, "input_shape", None)
+        if shape is None:
+            raise ValueError("the model does not know its input shape (input_shape is None): pass example=x")
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        example = torch.zeros(batch, *shape, device=device)
     return export_model(fold_batchnorm(model) if fold else model, path, example)

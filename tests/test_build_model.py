@@ -266,3 +266,37 @@ def test_choose_search_keeps_the_search_that_scores_lower_on_validation(controll
     controller.search = "merge"
     path = controller.save(tmp_path / "ctrl.pt")
     assert dymu.load(path, tasks=controller.tasks, backbone=dymu.backbones.lenet(width_mult=0.25)).search == "merge"
+
+
+@pytest.mark.parametrize("bn_stats", ["anchor", "batch"])
+def test_fold_bn_keeps_outputs_and_the_budget_and_counts_the_folds(bn_stats):
+    ctrl = make_controller()
+    ctrl.bn_stats = bn_stats
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-trivial statistics and affine parameters, so a wrong fold shows
+        for m in ctrl.anchor.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    rng = np.random.default_rng(0)
+    anchor_flops = ctrl.cost_table.anchor_flops
+    x = torch.rand(5, 1, 36, 36)
+    for _ in range(8):
+        pref = rng.dirichlet(np.ones(3)).tolist()
+        budget = float(rng.uniform(ctrl.min_budget, 1.0))
+        plain = ctrl.build_model(pref, budget)
+        folded = ctrl.build_model(pref, budget, fold_bn=True)
+        n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+        assert plain.info["folded_bn"] == 0 and n_bn > 0
+        # every LeNet BatchNorm follows its convolution: all fold
+        assert folded.info["folded_bn"] == n_bn
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert folded.tree == plain.tree and not folded.training
+        assert folded.flops() <= plain.flops() <= budget * anchor_flops
+        with torch.no_grad():
+            want, got = plain(x), folded(x)
+        for task in ctrl.task_names:
+            torch.testing.assert_close(got[task], want[task], rtol=1e-5, atol=1e-5)
+    # folding one model leaves the anchor's BatchNorm (and the next unfolded model) in place
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ctrl.build_model(pref, budget).modules())

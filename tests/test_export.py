@@ -10,7 +10,7 @@ from torch import nn
 import dymu
 from dymu.backbones.resnet import BasicBlock
 from dymu.export import export_derived, export_model, fold_batchnorm, foldable_pairs
-from _shipping import run_without_dymu
+from _shipping import run_isolated, run_without_dymu
 
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -181,3 +181,10 @@ def test_fold_inplace_folds_the_module_itself():
     assert not net.training and isinstance(net[1], nn.Identity)
     with torch.no_grad():
         _assert_close(net(x), want)
+
+
+def test_the_isolated_interpreter_really_cannot_import_dymu(tmp_path):
+    # what every "runs without dymu" test above relies on
+    with pytest.raises(AssertionError, match="No module named 'dymu'"):
+        run_isolated("import dymu", tmp_path)
+    assert run_isolated("import torch; print(torch.__version__)", tmp_path).stdout.strip() == torch.__version__

@@ -419,3 +419,18 @@ def test_static_trees_at_equal_cost_fit_their_budgets(controller):
         method.model_for(np.full(3, 1 / 3), budget=0.55)
     with pytest.raises(ValueError, match="cheapest tree"):
         extra_share_for_budget(table, table.min_budget / 2)
+
+
+def test_the_package_exports_every_name_of_its_modules_as_the_same_object():
+    import importlib
+    import pkgutil
+
+    modules = [importlib.import_module(f"benchmarks.protocol.{m.name}") for m in pkgutil.iter_modules(protocol.__path__)]
+    assert len(modules) == 8
+    names = [name for module in modules for name in module.__all__]
+    assert sorted(protocol.__all__) == sorted(names) and len(set(names)) == len(names)
+    for module in modules:
+        for name in module.__all__:
+            assert getattr(protocol, name) is getattr(module, name), name
+    # the function, not the module of the same name
+    assert callable(protocol.loss_space) and protocol.loss_space.__module__ == "benchmarks.protocol.loss_space"

@@ -5,7 +5,7 @@ fit ``b`` times the anchor's, heads included (the budget the controller's ``buil
 trained jointly on the equal preference for the run's static step budget.
 
 >>> from dymu.budget import CostTable
->>> table = CostTable((10, 10), (1, 1), (5, 5, 5), (1, 1, 1))     # 3 tasks, 2 layers, anchor 75 FLOPs
+>>> table = CostTable((10, 10), (1, 1), (5, 5, 5), (1, 1, 1), (1, 8, 8))   # 3 tasks, 2 layers, anchor 75 FLOPs
 >>> extra_share_for_budget(table, 0.6)                              # 0.6 x 75 - 15 = 30 = 20 + 0.25 x 40
 0.25
 """

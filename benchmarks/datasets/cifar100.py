@@ -344,6 +344,8 @@ def cifar100_tasks(head: Callable[[int], HeadFactory]) -> list[Task]:
     ``head(5)`` must return the head factory of a task (the backbone decides the head). Loss:
     cross-entropy over the task's own images (``-1`` targets ignored; zero with a gradient when a batch
     has none). Metric ``acc``: accuracy over the task's own images (primary, higher is better).
+    Targets are declared (``n_classes=5``, ``ignore_index=-1``), so :func:`dymu.checks.check_batch`
+    validates them.
     """
     return [
         Task(
@@ -353,6 +355,8 @@ def cifar100_tasks(head: Callable[[int], HeadFactory]) -> list[Task]:
             metrics={"acc": Accuracy(ignore_index=IGNORE)},
             primary="acc",
             higher_is_better=True,
+            n_classes=len(TASK_CLASSES[t]),
+            ignore_index=IGNORE,
         )
         for t, name in enumerate(TASK_NAMES)
     ]

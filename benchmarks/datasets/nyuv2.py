@@ -304,6 +304,8 @@ def nyuv2_tasks(head: Callable[[int], HeadFactory]) -> list[Task]:
       and ``median_angle`` in degrees, lower is better.
 
     Predictions may be on a coarser grid than the targets: losses and metrics upsample them bilinearly.
+    Targets are declared (semseg ``n_classes=13``, ``ignore_index=255``; depth and normal
+    ``target_dtype="float"``), so :func:`dymu.checks.check_batch` validates them.
     """
     return [
         Task(
@@ -316,6 +318,8 @@ def nyuv2_tasks(head: Callable[[int], HeadFactory]) -> list[Task]:
             },
             primary="mIoU",
             higher_is_better=True,
+            n_classes=NUM_CLASSES,
+            ignore_index=IGNORE_INDEX,
         ),
         Task(
             "depth",
@@ -324,6 +328,7 @@ def nyuv2_tasks(head: Callable[[int], HeadFactory]) -> list[Task]:
             metrics={"abs_err": AtTargetSize(DepthErrors("abs")), "rel_err": AtTargetSize(DepthErrors("rel"))},
             primary="abs_err",
             higher_is_better=False,
+            target_dtype="float",
         ),
         Task(
             "normal",
@@ -335,5 +340,6 @@ def nyuv2_tasks(head: Callable[[int], HeadFactory]) -> list[Task]:
             },
             primary="mean_angle",
             higher_is_better=False,
+            target_dtype="float",
         ),
     ]

@@ -493,6 +493,9 @@ def pascal_context_tasks(head: Callable[[int], HeadFactory], tasks: Sequence[str
     - ``saliency``: ``head(1)`` logits, binary cross-entropy; ``maxF`` (primary).
     - ``normals``: ``head(3)``, ``1 - cos``; ``mean_angle`` in degrees (primary, lower is better).
     - ``edge``: ``head(1)`` logits, class-balanced binary cross-entropy; the loss is the primary metric.
+
+    Targets are declared (class tasks ``n_classes`` with ``ignore_index=255``, the others
+    ``target_dtype="float"``), so :func:`dymu.checks.check_batch` validates them.
     """
     tasks = tuple(tasks)
     unknown = [t for t in tasks if t not in TASKS_5]
@@ -509,6 +512,8 @@ def pascal_context_tasks(head: Callable[[int], HeadFactory], tasks: Sequence[str
             },
             primary="mIoU",
             higher_is_better=True,
+            n_classes=len(VOC_CLASS_NAMES),
+            ignore_index=IGNORE_INDEX,
         ),
         "human_parts": lambda: Task(
             "human_parts",
@@ -517,6 +522,8 @@ def pascal_context_tasks(head: Callable[[int], HeadFactory], tasks: Sequence[str
             metrics={"mIoU": AtTargetSize(MeanIoU(len(HUMAN_PART_NAMES), ignore_index=IGNORE_INDEX))},
             primary="mIoU",
             higher_is_better=True,
+            n_classes=len(HUMAN_PART_NAMES),
+            ignore_index=IGNORE_INDEX,
         ),
         "saliency": lambda: Task(
             "saliency",
@@ -525,6 +532,7 @@ def pascal_context_tasks(head: Callable[[int], HeadFactory], tasks: Sequence[str
             metrics={"maxF": AtTargetSize(SaliencyMaxF(ignore_index=IGNORE_INDEX))},
             primary="maxF",
             higher_is_better=True,
+            target_dtype="float",
         ),
         "normals": lambda: Task(
             "normals",
@@ -533,6 +541,7 @@ def pascal_context_tasks(head: Callable[[int], HeadFactory], tasks: Sequence[str
             metrics={"mean_angle": AtTargetSize(NormalAngleError("mean"))},
             primary="mean_angle",
             higher_is_better=False,
+            target_dtype="float",
         ),
         "edge": lambda: Task(
             "edge",
@@ -540,6 +549,7 @@ def pascal_context_tasks(head: Callable[[int], HeadFactory], tasks: Sequence[str
             loss=partial(binary_loss, positive_weight=EDGE_POSITIVE_WEIGHT),
             primary="loss",
             higher_is_better=False,
+            target_dtype="float",
         ),
     }
     return [specs[name]() for name in tasks]
