@@ -11,7 +11,8 @@ Bad data stops the loop at the step it is found, before the step's optimiser upd
 calls ``info.check_loss(loss, task)`` on each task loss before back-propagating, and a step that
 raises :class:`~dymu.checks.BadDataError` has its modules' buffers (BatchNorm statistics, which a
 train-mode forward moves before the loss exists) put back, so the modules hold the last good step's
-state and the last checkpoint on disk is untouched.
+state and the last checkpoint on disk is untouched. Under ``torchrun`` the rank that finds bad data
+raises and exits, and torchrun stops the other ranks.
 
 Resuming fast-forwards the data by drawing and discarding as many batches as the checkpoint says
 were drawn: exact for data that yields the same batches in the same order each time it is iterated
@@ -251,6 +252,8 @@ class TrainLoop:
         keep: the keep-best policy offered every validation's scores (default: keep nothing).
         eval_every: validate every this many steps and at the end (None: at the end only).
         log_every: record ``{"step", **scalars}`` every this many steps and at the end (None: never).
+        seed: the run forks the global torch generator (and the device's, on CUDA), seeds it with
+            ``seed + rank`` and leaves it as it was afterwards (None: draws from it as it is).
         config: the stage's config: stored in checkpoints, compared on resume.
         checkpointing: where and how often to write checkpoints, and whether to resume (None: never).
         verbose: progress lines (on rank 0).
@@ -270,6 +273,7 @@ class TrainLoop:
         keep: KeepBest | None = None,
         eval_every: int | None = None,
         log_every: int | None = None,
+        seed: int | None = None,
         config: Any = None,
         checkpointing: Checkpointing | None = None,
         verbose: bool = True,
@@ -282,7 +286,7 @@ class TrainLoop:
         self.frozen = dict(frozen or {})
         self.validate, self.keep = validate, keep if keep is not None else KeepBest({})
         self.eval_every = eval_every or self.steps
-        self.log_every = log_every
+        self.log_every, self.seed = log_every, seed
         self.config, self.checkpointing, self.verbose = config, checkpointing, verbose
         self.history: list[dict[str, Any]] = []
         self.log: list[dict[str, Any]] = []
@@ -291,6 +295,13 @@ class TrainLoop:
     # --------------------------------------------------------------------------------- run
     def run(self, data: Iterable[Batch], step: Step) -> LoopResult:
         """Run the remaining steps (all of them, unless resumed), restore the best state and return the record."""
+        if self.seed is None:
+            return self._run(data, step)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seed + rank_world()[0])
+            return self._run(data, step)
+
+    def _run(self, data: Iterable[Batch], step: Step) -> LoopResult:
         start = time.time()
         cursor = _Cursor(data)
         saved = self._resume()

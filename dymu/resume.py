@@ -44,7 +44,8 @@ class Checkpointing:
     """Where and how often a stage writes its resume checkpoint.
 
     Attributes:
-        path: the checkpoint file if it ends in ``.pt``, else a folder that gets ``<stage>.pt``.
+        path: the checkpoint file if it ends in ``.pt``, else a folder that gets ``<stage>.pt``. Under
+            ``torchrun`` rank 0 writes it and every rank reads it: a path all ranks see.
         every: also write every this many steps (None: only at the end of the stage).
         resume: continue from the file when it exists (a finished stage is loaded, not retrained);
             False starts over and overwrites it.

@@ -45,19 +45,8 @@ from .resume import Checkpointing
 from .stage_configs import AnchorConfig, EdgeConfig, WeightConfig, adam, multistep
 from .tasks import Task
 
-__all__ = [
-    "AnchorConfig",
-    "EdgeConfig",
-    "WeightConfig",
-    "Checkpointing",
-    "train_anchor",
-    "evaluate_streams",
-    "train_edge",
-    "train_weights",
-    "cycle",
-    "to_device",
-    "adam",
-]
+__all__ = ["AnchorConfig", "EdgeConfig", "WeightConfig", "Checkpointing", "train_anchor", "evaluate_streams", "train_edge",
+           "train_weights", "cycle", "to_device", "adam"]
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -114,14 +103,6 @@ def _stage_seed(config: Any) -> int:
     return 0 if config.seed is None else int(config.seed)
 
 
-def _forked(config: Any, device: torch.device, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``run()`` with the global generator forked and seeded by ``seed + rank``, then left as it was."""
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(_stage_seed(config) + rank_world()[0])
-        return run()
-
-
 def _eval_points(config: Any) -> int:
     return config.eval_every or max(1, math.ceil(config.steps / 4))
 
@@ -168,10 +149,6 @@ def train_anchor(
     Returns ``{"history": [...], "best": {task: metrics}, "seconds": s, "resumed_at": step}`` (the step a
     checkpoint was resumed from, 0 for a fresh start; stages 1 and 2 return it too).
     """
-    return _forked(config, device, lambda: _train_anchor(anchor, tasks, train, val, config, device, verbose, checkpointing))
-
-
-def _train_anchor(anchor, tasks, train, val, config, device, verbose, checkpointing) -> dict[str, Any]:
     names = [t.name for t in tasks]
     anchor.to(device).train()
     model = maybe_ddp(anchor, device)
@@ -200,7 +177,8 @@ def _train_anchor(anchor, tasks, train, val, config, device, verbose, checkpoint
         "anchor", config.steps, device, tasks,
         state=_training_state("anchor", anchor, optimizer, scheduler, precision),
         validate=None if val is None else (lambda _: {"val": evaluate_streams(anchor, tasks, val, device)}),
-        keep=keep, eval_every=config.eval_every, config=config, checkpointing=checkpointing, verbose=verbose,
+        keep=keep, eval_every=config.eval_every, seed=_stage_seed(config), config=config, checkpointing=checkpointing,
+        verbose=verbose,
     )
     result = loop.run(train, step)
     model = None  # noqa: F841  (drop the DDP wrapper before the next stage)
@@ -256,13 +234,6 @@ def train_edge(
     """
     if config.control == "budget" and cost_table is None:
         raise ValueError("the budget control mode needs the cost table (cost_table=controller.cost_table)")
-    run = lambda: _train_edge(anchor, edge, tasks, train, affinity, loss_scales, config, device, verbose,  # noqa: E731
-                              cost_table, select, checkpointing)
-    return _forked(config, device, run)
-
-
-def _train_edge(anchor, edge, tasks, train, affinity, loss_scales, config, device, verbose, cost_table, select,
-                checkpointing) -> dict[str, Any]:
     rank, _ = rank_world()
     seed = _stage_seed(config)
     rng = np.random.default_rng(seed + rank)
@@ -322,7 +293,7 @@ def _train_edge(anchor, edge, tasks, train, affinity, loss_scales, config, devic
         state=_training_state("edge", edge, optimizer, scheduler, precision),
         generators={"preferences": rng, "gumbel": noise}, frozen={"anchor": anchor},
         validate=_validate_in_eval_mode(edge, select), keep=keep, eval_every=_eval_points(config),
-        log_every=max(1, config.steps // 50), config=config, checkpointing=checkpointing, verbose=verbose,
+        log_every=max(1, config.steps // 50), seed=seed, config=config, checkpointing=checkpointing, verbose=verbose,
     )
     anchor.train(config.bn_stats == "batch")
     with frozen_batchnorm_statistics(anchor):
@@ -357,13 +328,6 @@ def train_weights(
     get the hypernet's adaptations for the request and the tree (:mod:`dymu.adaptation`). ``select()``
     and ``checkpointing`` as in :func:`train_edge`.
     """
-    run = lambda: _train_weights(anchor, edge, weight, tasks, train, loss_scales, config, device, verbose,  # noqa: E731
-                                 planner, select, checkpointing)
-    return _forked(config, device, run)
-
-
-def _train_weights(anchor, edge, weight, tasks, train, loss_scales, config, device, verbose, planner, select,
-                   checkpointing) -> dict[str, Any]:
     rank, _ = rank_world()
     seed = _stage_seed(config)
     rng = np.random.default_rng(seed + rank)
@@ -413,7 +377,7 @@ def _train_weights(anchor, edge, weight, tasks, train, loss_scales, config, devi
         state=_training_state("weight", weight, optimizer, scheduler, precision),
         generators={"preferences": rng, "gumbel": noise}, frozen={"anchor": anchor, "edge": edge},
         validate=_validate_in_eval_mode(weight, select), keep=keep, eval_every=_eval_points(config),
-        log_every=max(1, config.steps // 50), config=config, checkpointing=checkpointing, verbose=verbose,
+        log_every=max(1, config.steps // 50), seed=seed, config=config, checkpointing=checkpointing, verbose=verbose,
     )
     anchor.train(config.bn_stats == "batch")
     with frozen_batchnorm_statistics(anchor):

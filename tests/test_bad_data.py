@@ -14,6 +14,8 @@ from _tiny import tiny_batches, tiny_tasks
 from dymu.checks import BadDataError
 from dymu.training import evaluate_streams
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
+
 POISON = {"on": False}
 
 
@@ -80,15 +82,6 @@ class _Faulty:
 def _no_poison():
     yield
     POISON["on"] = False
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny networks: a second intra-op thread only adds synchronisation on a busy machine (as in test_baselines)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _controller(stage: str) -> dymu.Controller:

@@ -20,6 +20,8 @@ from _tiny import tiny_batches, tiny_tasks
 from dymu.checkpoint import CheckpointError
 from resume_worker import STEPS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
+
 WORKER = Path(__file__).with_name("resume_worker.py")
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -96,15 +98,6 @@ def test_two_gloo_ranks_killed_mid_run_resume_bit_identical(tmp_path):
 
 
 # ----------------------------------------------------------------------------- in-process checks
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny networks: a second intra-op thread only adds synchronisation on a busy machine (as in test_baselines)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _controller() -> dymu.Controller:
     return dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(3), seed=0)
 
