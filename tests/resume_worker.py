@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import dymu  # noqa: E402
 from _tiny import tiny_batches, tiny_tasks  # noqa: E402
 
-STEPS, EVERY, DELAY_S = 24, 6, 0.02
+STEPS, EVERY, DELAY_S = 12, 4, 0.02
 
 
 class SlowBatches:
