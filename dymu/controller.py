@@ -33,13 +33,13 @@ from .adaptation import Adaptation
 from .anchor import AnchorNet, tree_forward
 from .backbones.base import BlockBackbone
 from .budget import CostTable
+from .checks import check_batch
 from .derived import DerivedModel, derive_model, recalibrate_batchnorm
 from .evaluation import EvaluationTable, evaluate_model
 from .planner import BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
-from .tasks import Task, check_tasks
-from .checks import check_batch
 from .resume import checkpointing
+from .tasks import Task, check_tasks
 from .training import (
     AnchorConfig,
     EdgeConfig,

@@ -70,7 +70,7 @@ from .resume import (
 )
 from .tasks import Task
 
-__all__ = ["TrainLoop", "LoopResult", "StepInfo", "KeepBest", "Part", "cycle", "to_device", "checked_batch", "Batch"]
+__all__ = ["TrainLoop", "LoopResult", "StepInfo", "KeepBest", "Part", "cycle", "to_device", "checked_batch", "Batch", "Step"]
 
 Batch = tuple[Tensor, Mapping[str, Tensor]]
 

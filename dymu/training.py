@@ -38,7 +38,7 @@ from .adaptation import Adaptation
 from .anchor import AnchorNet, frozen_batchnorm_statistics, tree_forward
 from .budget import CostTable
 from .distributed import broadcast_state, collect_if_distributed, maybe_ddp, rank_world
-from .loop import Batch, KeepBest, Part, StepInfo, TrainLoop, checked_batch, cycle, to_device
+from .loop import Batch, KeepBest, Part, Step, StepInfo, TrainLoop, checked_batch, cycle, to_device
 from .planner import Planner
 from .preferences import RequestSampler
 from .resume import Checkpointing
@@ -101,10 +101,6 @@ def _training_state(module_name: str, module: torch.nn.Module, optimizer, schedu
 
 def _stage_seed(config: Any) -> int:
     return 0 if config.seed is None else int(config.seed)
-
-
-def _eval_points(config: Any) -> int:
-    return config.eval_every or max(1, math.ceil(config.steps / 4))
 
 
 # --------------------------------------------------------------------------------- stage 0
@@ -190,22 +186,63 @@ def train_anchor(
     return {"history": result.history, "best": best, "seconds": result.seconds, "resumed_at": result.resumed_at}
 
 
-def _selection(keep: KeepBest, history: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"best_step": keep.steps["score"], "best_score": keep.scores["score"], "history": history}
+class _HypernetStage:
+    """What stages 1 and 2 share: a hypernet trained on the frozen anchor (Adam, step decay), its DDP
+    wrapper, the request and Gumbel generators (seeded per rank), and the loop that validates it with
+    ``select()`` (lower is better) and keeps its best state."""
 
+    def __init__(self, name: str, hypernet: torch.nn.Module, anchor: AnchorNet, config: Any, device: torch.device,
+                 gumbel_stride: int):
+        rank = rank_world()[0]
+        self.name, self.hypernet, self.anchor, self.config, self.device = name, hypernet, anchor, config, device
+        self.seed = _stage_seed(config)
+        self.rng = np.random.default_rng(self.seed + rank)
+        self.noise = torch.Generator().manual_seed(self.seed + gumbel_stride * (rank + 1))
+        anchor.to(device).requires_grad_(False)
+        hypernet.to(device).train()
+        self.model: torch.nn.Module | None = maybe_ddp(hypernet, device)
+        self.optimizer = adam(hypernet.parameters(), lr=config.lr)
+        self.scheduler = multistep(self.optimizer, config.steps, config.lr_milestones, config.lr_decay)
+        self.precision = _Precision(device, config.amp)
 
-def _validate_in_eval_mode(module: torch.nn.Module, select: Callable[[], float] | None):
-    """``select()`` (lower is better) as a loop's validation, ``module`` in eval mode meanwhile."""
-    if select is None:
-        return None
+    def update(self) -> None:
+        """The optimiser and scheduler step that ends a training step."""
+        self.precision.step(self.optimizer)
+        self.scheduler.step()
 
-    def validate(step: int) -> dict[str, float]:
-        module.eval()
-        score = select()
-        module.train()
-        return {"score": score}
+    def _validate(self, select: Callable[[], float] | None):
+        if select is None:
+            return None
 
-    return validate
+        def validate(step: int) -> dict[str, float]:
+            self.hypernet.eval()
+            score = select()
+            self.hypernet.train()
+            return {"score": score}
+
+        return validate
+
+    def run(self, stage: str, tasks: Sequence[Task], train: Iterable[Batch], step: Step, select: Callable[[], float] | None,
+            frozen: Mapping[str, torch.nn.Module], checkpointing: Checkpointing | None, verbose: bool) -> dict[str, Any]:
+        config = self.config
+        keep = KeepBest.lowest(self.hypernet)
+        loop = TrainLoop(
+            stage, config.steps, self.device, tasks,
+            state=_training_state(self.name, self.hypernet, self.optimizer, self.scheduler, self.precision),
+            generators={"preferences": self.rng, "gumbel": self.noise}, frozen=frozen, validate=self._validate(select),
+            keep=keep, eval_every=config.eval_every or max(1, math.ceil(config.steps / 4)),
+            log_every=max(1, config.steps // 50), seed=self.seed, config=config, checkpointing=checkpointing,
+            verbose=verbose,
+        )
+        self.anchor.train(config.bn_stats == "batch")
+        with frozen_batchnorm_statistics(self.anchor):
+            result = loop.run(train, step)
+        self.model = None  # drop the DDP wrapper before the next stage
+        collect_if_distributed()
+        self.anchor.eval()
+        self.hypernet.eval()
+        selection = {"best_step": keep.steps["score"], "best_score": keep.scores["score"], "history": result.history}
+        return {"log": result.log, "seconds": result.seconds, "selection": selection, "resumed_at": result.resumed_at}
 
 
 # --------------------------------------------------------------------------------- stage 1
@@ -234,41 +271,32 @@ def train_edge(
     """
     if config.control == "budget" and cost_table is None:
         raise ValueError("the budget control mode needs the cost table (cost_table=controller.cost_table)")
-    rank, _ = rank_world()
-    seed = _stage_seed(config)
-    rng = np.random.default_rng(seed + rank)
-    noise = torch.Generator().manual_seed(seed + 7919 * (rank + 1))
+    hyper = _HypernetStage("edge", edge, anchor, config, device, gumbel_stride=7919)
     sampler = RequestSampler(
         len(tasks), config.dirichlet_alpha, config.control,
         cost_table.min_budget if cost_table is not None else 0.0, config.full_budget_share,
     )
-    anchor.to(device).requires_grad_(False)
-    edge.to(device).train()
     affinity = affinity.to(device)
     loss_scales = loss_scales.to(device)
     sharing = replace(config.regulariser, use_inactive=False)
     if cost_table is not None:
         block_flops = torch.tensor(cost_table.block_flops, dtype=torch.float32, device=device)
         head_flops, anchor_flops = float(sum(cost_table.head_flops)), float(cost_table.anchor_flops)
-    model = maybe_ddp(edge, device)
-    optimizer = adam(edge.parameters(), lr=config.lr)
-    scheduler = multistep(optimizer, config.steps, config.lr_milestones, config.lr_decay)
     schedule = TemperatureSchedule.for_steps(config.steps, config.tau_start, config.tau_decay, config.n_decays)
     hard_from = int(round((1 - config.hard_fraction) * config.steps))
-    precision = _Precision(device, config.amp)
 
     def step(info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> dict[str, float]:
         tau = schedule(info.step - 1)
         hard = config.routing == "hard" or info.step > hard_from
-        optimizer.zero_grad(set_to_none=True)
+        hyper.optimizer.zero_grad(set_to_none=True)
         chunks = _chunks(x, targets, config.prefs_per_step)
         task_total = extra_total = cost_total = 0.0
         for xc, tc in chunks:
-            r_np, budget, level = sampler(rng)
+            r_np, budget, level = sampler(hyper.rng)
             r = torch.tensor(r_np, dtype=torch.float32, device=device)
-            logits = model(r.unsqueeze(0), torch.tensor([level], device=device))[0]
-            nu = gumbel_softmax(logits, tau, hard=hard, generator=noise)
-            with precision.autocast():
+            logits = hyper.model(r.unsqueeze(0), torch.tensor([level], device=device))[0]
+            nu = gumbel_softmax(logits, tau, hard=hard, generator=hyper.noise)
+            with hyper.precision.autocast():
                 outputs = anchor.routed_forward(xc, nu)
                 task_loss = _weighted_loss(outputs, tc, tasks, r * loss_scales, info)
             if config.control == "budget":
@@ -280,30 +308,13 @@ def train_edge(
                 cost_total += float(cost.detach()) / len(chunks)
             else:
                 extra, _ = branching_regulariser(nu, r, level, affinity, config.regulariser)
-            precision.backward((task_loss.float() + extra) / len(chunks))
+            hyper.precision.backward((task_loss.float() + extra) / len(chunks))
             task_total += float(task_loss.detach()) / len(chunks)
             extra_total += float(extra.detach()) / len(chunks)
-        precision.step(optimizer)
-        scheduler.step()
+        hyper.update()
         return {"task_loss": task_total, "regulariser": extra_total, "expected_cost": cost_total, "tau": tau}
 
-    keep = KeepBest.lowest(edge)
-    loop = TrainLoop(
-        "edge", config.steps, device, tasks,
-        state=_training_state("edge", edge, optimizer, scheduler, precision),
-        generators={"preferences": rng, "gumbel": noise}, frozen={"anchor": anchor},
-        validate=_validate_in_eval_mode(edge, select), keep=keep, eval_every=_eval_points(config),
-        log_every=max(1, config.steps // 50), seed=seed, config=config, checkpointing=checkpointing, verbose=verbose,
-    )
-    anchor.train(config.bn_stats == "batch")
-    with frozen_batchnorm_statistics(anchor):
-        result = loop.run(train, step)
-    model = None  # noqa: F841  (drop the DDP wrapper before the next stage)
-    collect_if_distributed()
-    anchor.eval()
-    edge.eval()
-    return {"log": result.log, "seconds": result.seconds, "selection": _selection(keep, result.history),
-            "resumed_at": result.resumed_at}
+    return hyper.run("edge", tasks, train, step, select, {"anchor": anchor}, checkpointing, verbose)
 
 
 # --------------------------------------------------------------------------------- stage 2
@@ -328,26 +339,17 @@ def train_weights(
     get the hypernet's adaptations for the request and the tree (:mod:`dymu.adaptation`). ``select()``
     and ``checkpointing`` as in :func:`train_edge`.
     """
-    rank, _ = rank_world()
-    seed = _stage_seed(config)
-    rng = np.random.default_rng(seed + rank)
-    noise = torch.Generator().manual_seed(seed + 104729 * (rank + 1))
-    sampler = RequestSampler(len(tasks), config.dirichlet_alpha, planner.mode, planner.table.min_budget, config.full_budget_share)
-    anchor.to(device).requires_grad_(False)
     edge.to(device).requires_grad_(False).eval()
-    weight.to(device).train()
+    hyper = _HypernetStage("weight", weight, anchor, config, device, gumbel_stride=104729)
+    sampler = RequestSampler(len(tasks), config.dirichlet_alpha, planner.mode, planner.table.min_budget, config.full_budget_share)
     loss_scales = loss_scales.to(device)
-    model = maybe_ddp(weight, device)
-    optimizer = adam(weight.parameters(), lr=config.lr)
-    scheduler = multistep(optimizer, config.steps, config.lr_milestones, config.lr_decay)
-    precision = _Precision(device, config.amp)
 
     def step(info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> dict[str, float]:
-        optimizer.zero_grad(set_to_none=True)
+        hyper.optimizer.zero_grad(set_to_none=True)
         chunks = _chunks(x, targets, config.prefs_per_step)
         total = 0.0
         for xc, tc in chunks:
-            r_np, budget, level = sampler(rng)
+            r_np, budget, level = sampler(hyper.rng)
             r = torch.tensor(r_np, dtype=torch.float32, device=device)
             if config.tree == "ml":
                 plan = planner.plan(r_np, budget=budget, c=None if budget is not None else level)
@@ -355,36 +357,19 @@ def train_weights(
             else:
                 with torch.no_grad():
                     logits = edge(r.unsqueeze(0), torch.tensor([level], device=device))[0]
-                    sample = gumbel_softmax(logits, config.sample_tau, hard=True, generator=noise)
+                    sample = gumbel_softmax(logits, config.sample_tau, hard=True, generator=hyper.noise)
                 assignment = most_likely_parents(sample)
             code = tree_code(assignment, len(tasks)).to(device)
-            node_deltas, head_deltas = model(r.unsqueeze(0), torch.tensor([level], device=device), code.unsqueeze(0))
+            node_deltas, head_deltas = hyper.model(r.unsqueeze(0), torch.tensor([level], device=device), code.unsqueeze(0))
             adapt = Adaptation(weight, node_deltas, head_deltas, assignment, config.scope)
-            with precision.autocast():
+            with hyper.precision.autocast():
                 outputs = tree_forward(anchor, assignment, xc, adapt.node, adapt.head)
                 loss = _weighted_loss(outputs, tc, tasks, r * loss_scales, info)
             # trees that sharing does not touch use no adaptation; keep the graph (and DDP) connected
             loss = loss + 0.0 * sum(d.sum() for d in [*node_deltas, *([head_deltas] if head_deltas is not None else [])])
-            precision.backward(loss.float() / len(chunks))
+            hyper.precision.backward(loss.float() / len(chunks))
             total += float(loss.detach()) / len(chunks)
-        precision.step(optimizer)
-        scheduler.step()
+        hyper.update()
         return {"loss": total}
 
-    keep = KeepBest.lowest(weight)
-    loop = TrainLoop(
-        "weights", config.steps, device, tasks,
-        state=_training_state("weight", weight, optimizer, scheduler, precision),
-        generators={"preferences": rng, "gumbel": noise}, frozen={"anchor": anchor, "edge": edge},
-        validate=_validate_in_eval_mode(weight, select), keep=keep, eval_every=_eval_points(config),
-        log_every=max(1, config.steps // 50), seed=seed, config=config, checkpointing=checkpointing, verbose=verbose,
-    )
-    anchor.train(config.bn_stats == "batch")
-    with frozen_batchnorm_statistics(anchor):
-        result = loop.run(train, step)
-    model = None  # noqa: F841  (drop the DDP wrapper before the next stage)
-    collect_if_distributed()
-    anchor.eval()
-    weight.eval()
-    return {"log": result.log, "seconds": result.seconds, "selection": _selection(keep, result.history),
-            "resumed_at": result.resumed_at}
+    return hyper.run("weights", tasks, train, step, select, {"anchor": anchor, "edge": edge}, checkpointing, verbose)
