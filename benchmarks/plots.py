@@ -13,6 +13,9 @@ figure is in loss space.
 * :func:`plot_equal_cost`: per preference, the controller against the static tree of no more FLOPs.
 * :func:`plot_trees`: the trees the controller derives for a few contrasting preferences.
 * :func:`make_all`: all of the above for one results file.
+
+[why one ~430-line module] every figure reads the same results dict and shares its styles and helpers;
+each figure is one function of a few dozen lines.
 """
 
 from __future__ import annotations

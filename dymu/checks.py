@@ -41,12 +41,16 @@ _SHOWN = 8
 
 
 class BadDataError(ValueError):
-    """A batch or a loss that training cannot use; ``stage``, ``step`` and ``task`` (or None) say where."""
+    """A batch or a loss that training cannot use; ``stage``, ``step``, ``task`` and ``batch`` (the
+    batch's position in its pass over the data) say where; any but ``stage`` may be None."""
 
-    def __init__(self, message: str, *, stage: str, step: int, task: str | None = None):
-        where = f"stage {stage!r}, step {step}" + (f", task {task!r}" if task is not None else "")
-        super().__init__(f"{where}: {message}")
-        self.stage, self.step, self.task = stage, step, task
+    def __init__(self, message: str, *, stage: str, step: int | None, task: str | None = None, batch: int | None = None):
+        where = [f"stage {stage!r}"]
+        where += [f"step {step}"] if step is not None else []
+        where += [f"task {task!r}"] if task is not None else []
+        where += [f"batch {batch}"] if batch is not None else []
+        super().__init__(f"{', '.join(where)}: {message}")
+        self.stage, self.step, self.task, self.batch = stage, step, task, batch
 
 
 def _samples(mask: Tensor) -> str:
@@ -77,15 +81,15 @@ def _nonfinite(t: Tensor, what: str) -> str | None:
     return f"{what} must be finite; found {_plural(n, 'non-finite value')} ({'/'.join(kinds)}) {where} of shape {list(t.shape)}"
 
 
-def check_inputs(x: Any, *, stage: str, step: int) -> int:
+def check_inputs(x: Any, *, stage: str, step: int | None, batch: int | None = None) -> int:
     """Check an input batch ``x [B, ...]``: a tensor with a batch dimension, finite if floating; returns ``B``."""
     if not isinstance(x, Tensor):
-        raise BadDataError(f"inputs must be a tensor [B, ...]; found {type(x).__name__}", stage=stage, step=step)
+        raise BadDataError(f"inputs must be a tensor [B, ...]; found {type(x).__name__}", stage=stage, step=step, batch=batch)
     if x.dim() == 0:
-        raise BadDataError("inputs must have a batch dimension [B, ...]; found a 0-d tensor", stage=stage, step=step)
+        raise BadDataError("inputs must have a batch dimension [B, ...]; found a 0-d tensor", stage=stage, step=step, batch=batch)
     problem = _nonfinite(x, "inputs")
     if problem:
-        raise BadDataError(problem, stage=stage, step=step)
+        raise BadDataError(problem, stage=stage, step=step, batch=batch)
     return int(x.shape[0])
 
 
@@ -95,11 +99,12 @@ def _expected_kind(task: Task) -> str | None:
     return "float" if getattr(task, "target_dtype", None) == "float" else None
 
 
-def check_target(target: Any, task: Task, batch: int, *, stage: str, step: int) -> None:
-    """Check one task's target for a batch of ``batch`` samples against what ``task`` declares."""
+def check_target(target: Any, task: Task, batch: int, *, stage: str, step: int | None, index: int | None = None) -> None:
+    """Check one task's target for a batch of ``batch`` samples against what ``task`` declares
+    (``index``: the batch's position in its pass, for the message)."""
 
     def fail(message: str) -> None:
-        raise BadDataError(message, stage=stage, step=step, task=task.name)
+        raise BadDataError(message, stage=stage, step=step, task=task.name, batch=index)
 
     if not isinstance(target, Tensor):
         fail(f"the target must be a tensor [B, ...]; found {type(target).__name__}")
@@ -128,8 +133,9 @@ def check_target(target: Any, task: Task, batch: int, *, stage: str, step: int) 
         fail(problem)
 
 
-def check_batch(x: Any, targets: Any, tasks: Sequence[Task], *, stage: str, step: int) -> None:
-    """Check one batch ``(x [B, ...], {task: target [B, ...]})`` for every task of ``tasks``.
+def check_batch(x: Any, targets: Any, tasks: Sequence[Task], *, stage: str, step: int | None, batch: int | None = None) -> None:
+    """Check one batch ``(x [B, ...], {task: target [B, ...]})`` for every task of ``tasks``; ``step``
+    and ``batch`` (the batch's position in its pass over the data) name it in messages.
 
     Raises:
         BadDataError: non-finite inputs (how many values, which samples); a missing target; a target
@@ -138,17 +144,18 @@ def check_batch(x: Any, targets: Any, tasks: Sequence[Task], *, stage: str, step
             outside ``[0, n_classes)`` (ignore index excepted; the message names the range and an
             offending value) or non-finite values.
     """
-    batch = check_inputs(x, stage=stage, step=step)
+    size = check_inputs(x, stage=stage, step=step, batch=batch)
     if not isinstance(targets, Mapping):
-        raise BadDataError(f"targets must be a mapping {{task: tensor}}; found {type(targets).__name__}", stage=stage, step=step)
+        raise BadDataError(f"targets must be a mapping {{task: tensor}}; found {type(targets).__name__}",
+                           stage=stage, step=step, batch=batch)
     for task in tasks:
         if task.name not in targets:
             raise BadDataError(
                 f"the batch has no target for this task; expected one for each of {[t.name for t in tasks]}, "
                 f"found targets for {sorted(targets)}",
-                stage=stage, step=step, task=task.name,
+                stage=stage, step=step, task=task.name, batch=batch,
             )
-        check_target(targets[task.name], task, batch, stage=stage, step=step)
+        check_target(targets[task.name], task, size, stage=stage, step=step, index=batch)
 
 
 def check_loss(loss: Tensor | float, *, stage: str, step: int, task: str, batch_index: int) -> None:
@@ -165,7 +172,7 @@ def check_loss(loss: Tensor | float, *, stage: str, step: int, task: str, batch_
         shown = f"{float(loss)}"
     if not finite:
         raise BadDataError(
-            f"the loss of batch {batch_index} is {shown}, expected a finite value; check that batch's inputs "
+            f"the loss is {shown}, expected a finite value; check this batch's inputs "
             "and targets (dymu.checks.check_batch), the loss function and the learning rate",
-            stage=stage, step=step, task=task,
+            stage=stage, step=step, task=task, batch=batch_index,
         )

@@ -1,6 +1,6 @@
 """The ``dymu`` command line.
 
-    dymu train CONFIG.toml                          train a controller on your own tasks and data (see README)
+    dymu train CONFIG.toml [--resume]               train a controller on your own tasks and data (see README)
     dymu eval CKPT [--data SPEC] --pref ... [--budget ...]   evaluate built models: table + JSON
     dymu build CKPT --pref ... [--budget B] [--export model.pt2]   build one model: tree, FLOPs, ship it
     dymu plot {affinity,tree,front} ...             pictures from a checkpoint or a results JSON
@@ -57,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = replace(config, out=Path(args.out))
-    train_from_config(config, verbose=not args.quiet)
+    train_from_config(config, verbose=not args.quiet, resume=args.resume)
     return 0
 
 
@@ -181,6 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="the TOML run config")
     train.add_argument("--out", default=None, help="output folder (default: the config's 'out')")
     train.add_argument("--quiet", action="store_true", help="no progress lines (also: DYMU_QUIET=1)")
+    train.add_argument("--resume", action="store_true", help="continue a killed run from the checkpoints in OUT/checkpoints "
+                       "(finished stages are loaded, the interrupted one resumes; the config must be the same)")
     train.set_defaults(run=_train)
 
     ev = sub.add_parser("eval", help="evaluate the models built for some preferences and budgets",

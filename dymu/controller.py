@@ -8,6 +8,12 @@ Typical use::
     ctrl.fit_edge(train)               # stage 1
     ctrl.fit_weights(train)            # stage 2
     model = ctrl.build_model({"fashion": 0.6, "digit": 0.4, ...}, budget=0.5)
+
+[why one ~680-line module] :class:`Controller` is the one owner of a controller's trained state (anchor,
+hypernets, affinity, loss scales, cost table, control mode, budget search) and of the calls a user makes
+on it (the stages, ``plan`` / ``build_model``, ``evaluate``, ``state_dict``). The work each call does lives
+elsewhere (:mod:`dymu.loop`, :mod:`dymu.training`, :mod:`dymu.planner`, :mod:`dymu.adaptation`,
+:mod:`dymu.derived`, :mod:`dymu.checkpoint`); splitting the class would split its state between owners.
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ from .adaptation import Adaptation, BatchNorm
 from .anchor import AnchorNet, tree_forward
 from .backbones.base import BlockBackbone
 from .budget import CostTable
+from .checks import check_batch
 from .derived import DerivedModel, derive_model, recalibrate_batchnorm
 from .evaluation import EvaluationTable, evaluate_model
 from .export import fold_batchnorm
 from .planner import SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
+from .resume import checkpointing
 from .tasks import Task, check_tasks
 from .training import (
     AnchorConfig,
@@ -160,8 +168,27 @@ class Controller:
     def _invalidate(self) -> None:
         self._cache.clear()
 
-    def _seeded(self, config):
-        return config if config.seed is not None else replace(config, seed=self.seed)
+    def _seeded(self, config, steps: int | None = None):
+        """``config`` with the controller's seed unless it sets one, and ``steps`` when given."""
+        config = config if config.seed is not None else replace(config, seed=self.seed)
+        return config if steps is None else replace(config, steps=steps)
+
+    def _selector(self, val: Iterable | None, val_samples: int, adapted: bool):
+        """The validation score of stages 1 and 2 on the first ``val_samples`` of ``val`` (None without ``val``)."""
+        if val is None:
+            return None
+        batches = _first_samples(val, val_samples)
+        for index, (x, targets) in enumerate(batches):
+            check_batch(x, targets, self.tasks, stage="validation", step=None, batch=index)
+        return lambda: self._validation_score(batches, adapted=adapted)
+
+    def _record(self, stage: str, config, result: dict[str, Any]) -> dict[str, Any]:
+        self.stages[stage] = {
+            "config": _jsonable(asdict(config)), "seconds": result["seconds"], "log": result["log"],
+            "selection": result["selection"],
+        }
+        self._invalidate()
+        return result
 
     # --------------------------------------------------------------------------- stage 0
     def fit_anchor(
@@ -173,6 +200,9 @@ class Controller:
         config: AnchorConfig | None = None,
         device: str | torch.device | None = None,
         verbose: bool = True,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
     ) -> dict[str, Any]:
         """Stage 0: train each stream on its own task, keep its best validation checkpoint, then set the
         loss scales ``w_i`` from validation.
@@ -180,12 +210,16 @@ class Controller:
         [choice] ``w_i = 1 / L_i(anchor)``: each task's loss is divided by its single-task network's
         validation loss, so a loss of 1 means "as good as single-task" for every task and loss
         magnitudes do not skew the preference. Without ``val`` the training data is used.
+
+        ``checkpoint``: a file (``*.pt``) or folder (``anchor.pt`` in it) the stage writes at its end and
+        every ``checkpoint_every`` steps; ``resume=True`` continues from it (a finished stage is loaded,
+        not retrained) and gives the weights an uninterrupted run gives (see :mod:`dymu.resume`; the
+        same for :meth:`fit_edge` and :meth:`fit_weights`).
         """
-        config = self._seeded(config or AnchorConfig())
-        if steps is not None:
-            config = replace(config, steps=steps)
+        config = self._seeded(config or AnchorConfig(), steps)
         device = self._device(device)
-        result = train_anchor(self.anchor, self.tasks, train, val, config, device, verbose)
+        result = train_anchor(self.anchor, self.tasks, train, val, config, device, verbose,
+                              checkpointing=checkpointing(checkpoint, checkpoint_every, resume))
         self.set_loss_scales(val if val is not None else train, device=device)
         self.stages["anchor"] = {"config": asdict(config), "seconds": result["seconds"], "best_val": result["best"]}
         self._invalidate()
@@ -311,14 +345,15 @@ class Controller:
         device: str | torch.device | None = None,
         verbose: bool = True,
         val_samples: int = 512,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
     ) -> dict[str, Any]:
         """Stage 1: the edge hypernet on the frozen anchor (see :class:`dymu.EdgeConfig` for the two
         control modes). With ``val``, the hypernet is scored on :meth:`validation_requests` over the
         first ``val_samples`` validation images every ``config.eval_every`` steps and the best state
-        is kept (model selection on validation only)."""
-        config = self._seeded(config or EdgeConfig())
-        if steps is not None:
-            config = replace(config, steps=steps)
+        is kept (model selection on validation only). Checkpoints as in :meth:`fit_anchor`."""
+        config = self._seeded(config or EdgeConfig(), steps)
         device = self._device(device)
         if self.calibration is None and config.bn_stats == "batch":
             raise ValueError("bn_stats='batch' needs calibration inputs: call fit_affinity(data) first")
@@ -326,21 +361,14 @@ class Controller:
         self.edge.anchor_at_zero.fill_(config.control == "budget")
         self.bn_stats = config.bn_stats
         self._invalidate()
-        select = None
-        if val is not None:
-            batches = _first_samples(val, val_samples)
-            select = lambda: self._validation_score(batches, adapted=False)  # noqa: E731
         result = train_edge(
             self.anchor, self.edge, self.tasks, train, self._affinity_tensor(), self.loss_scales, config, device, verbose,
-            cost_table=self.cost_table, select=select,
+            cost_table=self.cost_table, select=self._selector(val, val_samples, adapted=False),
+            checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
         )
-        self.stages["edge"] = {
-            "config": _jsonable(asdict(config)), "seconds": result["seconds"], "log": result["log"],
-            "selection": result["selection"],
-        }
-        self._invalidate()
+        self._record("edge", config, result)
         if val is not None and self.control == "budget":
-            self.stages["edge"]["search"] = self.choose_search(batches)
+            self.stages["edge"]["search"] = self.choose_search(_first_samples(val, val_samples))
         return result
 
     def choose_search(self, batches: list) -> dict[str, Any]:
@@ -367,31 +395,24 @@ class Controller:
         device: str | torch.device | None = None,
         verbose: bool = True,
         val_samples: int = 512,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
     ) -> dict[str, Any]:
         """Stage 2: the weight hypernet on the task loss of the trees the planner builds, anchor and
-        edge frozen; selection on ``val`` as in :meth:`fit_edge`."""
-        config = self._seeded(config or WeightConfig(bn_stats=self.bn_stats))
-        if steps is not None:
-            config = replace(config, steps=steps)
+        edge frozen; selection on ``val`` as in :meth:`fit_edge`, checkpoints as in :meth:`fit_anchor`."""
+        config = self._seeded(config or WeightConfig(bn_stats=self.bn_stats), steps)
         device = self._device(device)
         if "edge" not in self.stages:
             raise ValueError("train the edge hypernet first: fit_edge(train)")
         self.adapt_scope = config.scope
         self._invalidate()
-        select = None
-        if val is not None:
-            batches = _first_samples(val, val_samples)
-            select = lambda: self._validation_score(batches, adapted=True)  # noqa: E731
         result = train_weights(
             self.anchor, self.edge, self.weight, self.tasks, train, self.loss_scales, config, device, verbose,
-            planner=self.planner, select=select,
+            planner=self.planner, select=self._selector(val, val_samples, adapted=True),
+            checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
         )
-        self.stages["weights"] = {
-            "config": _jsonable(asdict(config)), "seconds": result["seconds"], "log": result["log"],
-            "selection": result["selection"],
-        }
-        self._invalidate()
-        return result
+        return self._record("weights", config, result)
 
     # ---------------------------------------------------------------------------- build
     def plan(

@@ -18,16 +18,19 @@ __all__ = ["EvaluationTable", "evaluate_model"]
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, tasks: Sequence[Task], data: Iterable, device: torch.device) -> dict[str, dict[str, float]]:
-    """Every task's loss and metrics of a multi-task model over ``data``: ``{task: {"loss": ..., ...}}``."""
-    from .training import to_device
+    """Every task's loss and metrics of a multi-task model over ``data``: ``{task: {"loss": ..., ...}}``.
 
-    names = [t.name for t in tasks]
+    Raises:
+        dymu.checks.BadDataError: a batch that cannot be evaluated (names the task and the batch).
+    """
+    from .loop import checked_batch
+
     states = {t.name: t.metric_state() for t in tasks}
     was = model.training
     model.eval()
     try:
-        for batch in data:
-            x, targets = to_device(batch, device, names)
+        for index, batch in enumerate(data):
+            x, targets = checked_batch(batch, tasks, device, stage="evaluation", index=index)
             outputs = model(x)
             for t in tasks:
                 states[t.name].update(outputs[t.name], targets[t.name])

@@ -2,7 +2,8 @@
 
 :func:`train_from_config` is what ``dymu train CONFIG.toml`` runs: it resolves the config's task
 set, data and backbone (:mod:`dymu.runconfig`), checks the first batches (:mod:`dymu.checks`),
-trains every stage with the public :class:`dymu.Controller` API and writes, into the config's
+trains every stage with the public :class:`dymu.Controller` API (checkpointing each stage into
+``out/checkpoints``, so that ``resume=True`` continues a killed run) and writes, into the config's
 ``out`` folder, ``controller.pt``, ``config.toml`` (a copy of the config) and ``results.json``
 (config, seed, versions, git commit, steps and seconds per stage, an evaluation table on the
 validation split). :func:`load_run_controller` loads such a checkpoint, importing the
@@ -79,8 +80,13 @@ def _n_batches(train: Any) -> int | None:
         return None
 
 
-def train_from_config(config: RunConfig | str | Path, *, verbose: bool = True) -> dict[str, Any]:
+def train_from_config(config: RunConfig | str | Path, *, verbose: bool = True, resume: bool = False) -> dict[str, Any]:
     """Train a controller as ``config`` says; returns what ``out/results.json`` holds.
+
+    Every stage writes ``out/checkpoints/<stage>.pt`` at its end and every ``config.checkpoint_every``
+    steps. ``resume=True`` continues a killed run: finished stages are loaded from their checkpoints
+    (the loss scales and the affinity, cheap and deterministic, are recomputed), the interrupted stage
+    resumes from its last checkpoint, and the weights are those of an uninterrupted run.
 
     Raises:
         ConfigError: a bad key or value, an unimportable ``module:attribute``, data of the wrong form.
@@ -127,12 +133,14 @@ def train_from_config(config: RunConfig | str | Path, *, verbose: bool = True) -
         say(f"{stage} done in {seconds[stage]:.1f} s")
 
     eval_every = max(1, steps["anchor"] // 3)
+    saving = {"checkpoint": out / "checkpoints", "checkpoint_every": config.checkpoint_every, "resume": resume,
+              "device": device, "verbose": verbose}
     timed("anchor", lambda: ctrl.fit_anchor(
-        train, val, config=AnchorConfig(steps=steps["anchor"], eval_every=eval_every, seed=config.seed), device=device, verbose=verbose))
+        train, val, config=AnchorConfig(steps=steps["anchor"], eval_every=eval_every, seed=config.seed), **saving))
     timed("affinity", lambda: ctrl.fit_affinity(train, device=device))
-    timed("edge", lambda: ctrl.fit_edge(train, val, config=EdgeConfig(steps=steps["edge"], seed=config.seed), device=device, verbose=verbose))
+    timed("edge", lambda: ctrl.fit_edge(train, val, config=EdgeConfig(steps=steps["edge"], seed=config.seed), **saving))
     timed("weights", lambda: ctrl.fit_weights(
-        train, val, config=WeightConfig(steps=steps["weights"], seed=config.seed, bn_stats=ctrl.bn_stats), device=device, verbose=verbose))
+        train, val, config=WeightConfig(steps=steps["weights"], seed=config.seed, bn_stats=ctrl.bn_stats), **saving))
     checkpoint = ctrl.save(out / "controller.pt")
     if config.path.is_file():
         (out / "config.toml").write_bytes(config.path.read_bytes())

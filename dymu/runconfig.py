@@ -9,6 +9,7 @@ A config names the task set, the data and the backbone either as a registered na
     device = "cpu"                     # optional ("cpu")
     out = "runs/tiny"                  # optional ("runs/<config file stem>"), relative to the current folder
     preset = "cpu"                     # optional: "cpu" (default step sizes below) or "paper" (30000 per stage)
+    checkpoint_every = 500             # optional: also checkpoint every N steps (default: at each stage's end)
 
     [data]
     source = "tinytasks:make_data"     # or "fashion_digits" / "multifashion"
@@ -30,7 +31,12 @@ A config names the task set, the data and the backbone either as a registered na
 Step defaults (preset ``"cpu"``): anchor 2 epochs, edge 1 epoch, weights 0.5 epoch of the training
 data, capped at 3000 / 2000 / 1000 steps (the paper's 30,000 per stage take hours on a CPU); when
 the training data has no ``len()``, 600 / 400 / 200 steps (the demo's). Preset ``"paper"``: 30,000
-steps per stage. A stage table overrides either.
+steps per stage (the presets of :mod:`dymu.stage_configs`, shared with ``AnchorConfig.preset()`` and
+the other stage configs). A stage table overrides either.
+
+Every stage writes a checkpoint to ``out/checkpoints/<stage>.pt`` at its end (and every
+``checkpoint_every`` steps); ``dymu train CONFIG.toml --resume`` continues a killed run from them:
+finished stages are loaded, the interrupted one resumes where its last checkpoint left it.
 
 A data callable is called with the config's ``options`` and, when its signature accepts them,
 ``batch_size`` and ``seed``; it returns ``(train, val, test)``, each an iterable of
@@ -48,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .stage_configs import PRESETS, STAGES, preset_steps
+
 __all__ = [
     "ConfigError",
     "RunConfig",
@@ -63,15 +71,8 @@ __all__ = [
 ]
 
 BUILTIN_DATA = ("multifashion", "fashion_digits")
-STAGES = ("anchor", "edge", "weights")
 
-#: per preset and stage: (epochs, cap on the steps those epochs give, steps when the data has no len())
-PRESETS: dict[str, dict[str, tuple[float | None, int | None, int]]] = {
-    "cpu": {"anchor": (2.0, 3000, 600), "edge": (1.0, 2000, 400), "weights": (0.5, 1000, 200)},
-    "paper": {"anchor": (None, None, 30000), "edge": (None, None, 30000), "weights": (None, None, 30000)},
-}
-
-_TOP_KEYS = {"tasks", "data", "backbone", "seed", "device", "out", "preset", "evaluate", *STAGES}
+_TOP_KEYS = {"tasks", "data", "backbone", "seed", "device", "out", "preset", "checkpoint_every", "evaluate", *STAGES}
 _TABLE_KEYS = {
     "data": {"source", "batch_size", "options"},
     "backbone": {"name", "options"},
@@ -105,6 +106,7 @@ class RunConfig:
     backbone_options: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, StageSteps] = field(default_factory=dict)
     preset: str = "cpu"
+    checkpoint_every: int | None = None
     seed: int = 0
     device: str = "cpu"
     out: Path = Path("runs/run")
@@ -187,6 +189,9 @@ def parse_config(raw: Mapping[str, Any], path: str | Path = "<config>") -> RunCo
     preset = _typed(raw, "preset", str, path, f"one of {sorted(PRESETS)}", "cpu")
     if preset not in PRESETS:
         raise ConfigError(f"{_where(path, 'preset')} must be one of {sorted(PRESETS)}, got {preset!r}")
+    checkpoint_every = _typed(raw, "checkpoint_every", int, path, "a positive integer", None)
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ConfigError(f"{_where(path, 'checkpoint_every')} must be a positive integer, got {checkpoint_every}")
     stages = {}
     for stage in STAGES:
         table = raw.get(stage, {})
@@ -215,7 +220,8 @@ def parse_config(raw: Mapping[str, Any], path: str | Path = "<config>") -> RunCo
         raise ConfigError(f"{_where(path, 'evaluate.max_batches')} must be a positive integer, got {max_batches}")
     return RunConfig(
         path=path, tasks=tasks, data=source, backbone=name, batch_size=batch_size, data_options=data_options,
-        backbone_options=backbone_options, stages=stages, preset=preset, seed=seed, device=device, out=out,
+        backbone_options=backbone_options, stages=stages, preset=preset, checkpoint_every=checkpoint_every,
+        seed=seed, device=device, out=out,
         preferences=preferences, budgets=None if budgets is None else [float(b) for b in budgets],
         max_batches=max_batches, raw=dict(raw),
     )
@@ -324,7 +330,6 @@ def stage_steps(config: RunConfig, n_batches: int | None) -> dict[str, int]:
     out = {}
     for stage in STAGES:
         chosen = config.stages.get(stage, StageSteps())
-        epochs, cap, fallback = PRESETS[config.preset][stage]
         if chosen.steps is not None:
             out[stage] = chosen.steps
         elif chosen.epochs is not None:
@@ -334,10 +339,8 @@ def stage_steps(config: RunConfig, n_batches: int | None) -> dict[str, int]:
                     f"epoch), which it does not have; give [{stage}] steps = N instead"
                 )
             out[stage] = max(1, round(chosen.epochs * n_batches))
-        elif epochs is None or n_batches is None:
-            out[stage] = fallback
         else:
-            out[stage] = max(1, min(cap, round(epochs * n_batches)))
+            out[stage] = preset_steps(config.preset, stage, n_batches)
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 import dymu
 from _tiny import make_controller
@@ -20,3 +21,13 @@ DOCTEST_EXCLUDED: dict[str, str] = {}
 @pytest.fixture
 def controller() -> dymu.Controller:
     return make_controller()
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one intra-op thread: tiny networks only pay for a second thread's synchronisation,
+    up to many times slower on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

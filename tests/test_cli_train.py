@@ -12,9 +12,11 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -170,6 +172,29 @@ def test_train_build_export_on_own_tasks(tmp_path, monkeypatch):
     assert cli.main(["plot", "affinity", "out/controller.pt", "--out", "aff.png"]) == 0
     for name in ("front.png", "tree.png", "aff.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_resume_continues_a_killed_run_to_the_same_weights(tmp_path):
+    (tmp_path / "tinytasks.py").write_text(TASKS_MODULE)
+    (tmp_path / "tiny.toml").write_text("checkpoint_every = 10\n" + CONFIG.replace("epochs = 2 ", "steps = 20"))
+    _dymu(["train", "tiny.toml", "--out", "full"], tmp_path)
+    command = [sys.executable, "-m", "dymu.cli", "train", "tiny.toml", "--out", "killed"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    edge = tmp_path / "killed" / "checkpoints" / "edge.pt"
+    while not edge.exists():  # the anchor is done and the edge hypernet is 10 of its 40 steps in
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    killed = torch.load(edge, weights_only=True)
+    assert killed["step"] == 10 and not killed["finished"] and not (tmp_path / "killed" / "controller.pt").exists()
+    resumed = _dymu(["train", "tiny.toml", "--out", "killed", "--resume"], tmp_path)
+    assert "bright:acc" in resumed.stdout
+    full, again = (torch.load(tmp_path / run / "controller.pt", weights_only=True) for run in ("full", "killed"))
+    for part in ("anchor", "edge", "weight"):
+        assert all(torch.equal(full[part][k], again[part][k]) for k in full[part]), part
+    assert torch.equal(full["loss_scales"], again["loss_scales"])
+    assert {p.name for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.suffix == ".pt"} == {"anchor.pt", "edge.pt", "weights.pt"}
 
 
 def _config(**changes) -> dict:

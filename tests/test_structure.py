@@ -103,3 +103,13 @@ def test_the_declared_entry_points_resolve_the_paper_task_sets_in_a_fresh_proces
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "{'cifar100': 20, 'nyuv2': 3, 'pascal_context': 5, 'pascal_context_3': 3}"
+
+
+def test_a_module_over_about_400_lines_says_why_in_its_docstring():
+    long = []
+    for package in ("dymu", "affinity", "hyper", "benchmarks"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            text = path.read_text()
+            if text.count("\n") > 420 and "[why" not in (ast.get_docstring(ast.parse(text)) or ""):
+                long.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+    assert long == []

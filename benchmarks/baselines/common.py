@@ -10,7 +10,6 @@ controller's.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
@@ -25,10 +24,11 @@ from dymu.anchor import frozen_batchnorm_statistics
 from dymu.backbones.base import BlockBackbone
 from dymu.derived import DerivedModel
 from dymu.evaluation import evaluate_model
+from dymu.loop import KeepBest, StepInfo, TrainLoop
 from dymu.metrics import block_cost_table
-from dymu.progress import Progress
+from dymu.resume import Checkpointing
 from dymu.tasks import Task, check_tasks
-from dymu.training import adam, cycle, to_device
+from dymu.training import adam, to_device
 
 __all__ = [
     "BackboneFactory",
@@ -186,13 +186,20 @@ def as_loss_scales(loss_scales: Sequence[float] | Tensor | np.ndarray, n_tasks: 
     return scales
 
 
-def weighted_task_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], tasks: Sequence[Task], weights: Tensor) -> Tensor:
+def weighted_task_loss(
+    outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], tasks: Sequence[Task], weights: Tensor,
+    info: StepInfo | None = None,
+) -> Tensor:
     """Linear scalarisation ``sum_i weights[i] * L_i`` (a scalar float32 tensor); tasks of weight 0 are not
-    even computed. (dymu's stage loops have their own, private, that also returns every task's loss.)"""
+    even computed. With ``info`` (a training step) each ``L_i`` is checked to be finite
+    (:meth:`dymu.loop.StepInfo.check_loss`). (dymu's stage loops have their own, private.)"""
     total = outputs[tasks[0].name].new_zeros((), dtype=torch.float32)
     for k, task in enumerate(tasks):
         if float(weights[k]) > 0:
-            total = total + weights[k] * task.loss(outputs[task.name], targets[task.name]).float()
+            loss = task.loss(outputs[task.name], targets[task.name]).float()
+            if info is not None:
+                info.check_loss(loss, task.name)
+            total = total + weights[k] * loss
     return total
 
 
@@ -220,13 +227,15 @@ def train_static(
     eval_every: int | None = None,
     desc: str = "static",
     verbose: bool = True,
+    checkpointing: Checkpointing | None = None,
 ) -> dict[str, Any]:
     """Train one fixed multi-task network on ``sum_i weights[i] * L_i`` and keep its best validation state.
 
     Adam (``lr``, ``weight_decay``) with cosine decay to 0 over ``steps``; every ``eval_every`` steps and
     at the end the scalarised validation loss ``sum_i weights[i] * L_i^val`` over ``val_batches`` is
     measured, and the state with the lowest one is loaded back at the end (model selection on validation
-    only). The model is left in eval mode on ``device``.
+    only). The model is left in eval mode on ``device``. ``checkpointing``: resume checkpoints named
+    after ``desc`` (see :class:`dymu.resume.Checkpointing`).
 
     Returns:
         ``{"train_loss": [per-step scalarised training loss], "history": [{"step", "val_losses",
@@ -234,35 +243,32 @@ def train_static(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    names = [t.name for t in tasks]
     every = default_eval_every(steps, eval_every)
     weights = weights.to(device=device, dtype=torch.float32)
     model.to(device).train()
     optimizer = adam(model.parameters(), lr, weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
-    batches = cycle(train)
-    train_loss: list[float] = []
-    history: list[dict[str, Any]] = []
-    best_score, best_step, best_state = math.inf, 0, None
-    with Progress(steps, desc, enabled=verbose) as progress:
-        for step in range(1, steps + 1):
-            x, targets = to_device(next(batches), device, names)
-            loss = weighted_task_loss(model(x), targets, tasks, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            train_loss.append(float(loss.detach()))
-            progress.update(step, loss=train_loss[-1])
-            if step % every == 0 or step == steps:
-                losses = validation_losses(model, tasks, val_batches, device)
-                score = float((weights.cpu().double().numpy() * losses).sum())
-                history.append({"step": step, "val_losses": losses.tolist(), "val_score": score})
-                if best_state is None or score < best_score:
-                    best_score, best_step = score, step
-                    best_state = copy.deepcopy(model.state_dict())
-                progress.log(f"val step {step}: scalarised loss {score:.4f} (best {best_score:.4f} at step {best_step})")
-    model.load_state_dict(best_state)
+
+    def step(info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> dict[str, float]:
+        loss = weighted_task_loss(model(x), targets, tasks, weights, info)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        return {"loss": float(loss.detach())}
+
+    def validate(step: int) -> dict[str, Any]:
+        losses = validation_losses(model, tasks, val_batches, device)
+        return {"val_losses": losses.tolist(), "val_score": float((weights.cpu().double().numpy() * losses).sum())}
+
+    keep = KeepBest.lowest(model, key="val_score", label="scalarised loss")
+    state = {"model": model, "optimizer": optimizer, **({"scheduler": scheduler} if scheduler is not None else {})}
+    config = {"steps": steps, "lr": lr, "weight_decay": weight_decay, "cosine": cosine, "eval_every": every,
+              "weights": weights.tolist()}
+    loop = TrainLoop(desc, steps, device, tasks, state=state, validate=validate, keep=keep, eval_every=every,
+                     log_every=1, config=config, checkpointing=checkpointing, verbose=verbose)
+    result = loop.run(train, step)
     model.eval()
-    return {"train_loss": train_loss, "history": history, "best_step": best_step, "best_score": best_score}
+    return {"train_loss": [entry["loss"] for entry in result.log], "history": result.history,
+            "best_step": keep.steps["val_score"], "best_score": keep.scores["val_score"]}

@@ -49,11 +49,11 @@ from torch.func import functional_call
 
 from dymu.anchor import batchnorm_layers
 from dymu.derived import DerivedModel
+from dymu.loop import KeepBest, StepInfo, TrainLoop
 from dymu.metrics import dirichlet_preferences
 from dymu.preferences import normalize_preferences, sample_preferences
-from dymu.progress import Progress
 from dymu.tasks import Task, check_tasks
-from dymu.training import adam, cycle, to_device
+from dymu.training import adam
 from hyper.embedding import mlp
 
 from ..methods import Method, StepBudget
@@ -288,35 +288,31 @@ class PHN(Method):
         optimizer = adam(parameters, self.lr, self.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         rng = np.random.default_rng(self.seed)
-        batches = cycle(train)
-        train_loss: list[float] = []
-        history: list[dict[str, Any]] = []
-        best_score, best_step, best_state = math.inf, 0, None
         self.target.train()
-        with Progress(steps, self.name, enabled=verbose) as progress:
-            for step in range(1, steps + 1):
-                r_np, _ = sample_preferences(n, self.dirichlet_alpha, rng)
-                r = torch.tensor(r_np, dtype=torch.float32, device=device)
-                x, targets = to_device(next(batches), device, self.task_names)
-                loss = weighted_task_loss(self.forward_with(r, x), targets, self.tasks, r * scales)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                train_loss.append(float(loss.detach()))
-                progress.update(step, loss=train_loss[-1])
-                if step % every == 0 or step == steps:
-                    losses, score = self._validate(val_batches, device)
-                    history.append({"step": step, "val_losses": losses.tolist(), "val_score": score})
-                    if best_state is None or score < best_score:
-                        best_score, best_step = score, step
-                        best_state = copy.deepcopy({"hypernet": self.hypernet.state_dict(), "target": self.target.state_dict()})
-                    progress.log(f"val step {step}: mean scalarised loss {score:.4f} (best {best_score:.4f} at step {best_step})")
-        self.hypernet.load_state_dict(best_state["hypernet"])
-        self.target.load_state_dict(best_state["target"])
+
+        def step(info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> dict[str, float]:
+            r_np, _ = sample_preferences(n, self.dirichlet_alpha, rng)
+            r = torch.tensor(r_np, dtype=torch.float32, device=device)
+            loss = weighted_task_loss(self.forward_with(r, x), targets, self.tasks, r * scales, info)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            return {"loss": float(loss.detach())}
+
+        def validate(step: int) -> dict[str, Any]:
+            losses, score = self._validate(val_batches, device)
+            return {"val_losses": losses.tolist(), "val_score": score}
+
+        keep = KeepBest.lowest(self.hypernet, self.target, key="val_score", label="mean scalarised loss")
+        state = {"hypernet": self.hypernet, "target": self.target, "optimizer": optimizer, "scheduler": scheduler}
+        loop = TrainLoop(self.name, steps, device, self.tasks, state=state, generators={"preferences": rng},
+                         validate=validate, keep=keep, eval_every=every, log_every=1, verbose=verbose)
+        result = loop.run(train, step)
         self.hypernet.eval()
         self.target.eval()
-        self.history = {"train_loss": train_loss, "history": history, "best_step": best_step, "best_score": best_score}
+        self.history = {"train_loss": [entry["loss"] for entry in result.log], "history": result.history,
+                        "best_step": keep.steps["val_score"], "best_score": keep.scores["val_score"]}
         self.train_seconds = time.time() - start
 
     def _validate(self, val_batches: Sequence, device: torch.device) -> tuple[np.ndarray, float]:

@@ -43,6 +43,9 @@ pad to ``output_size`` (512x512), horizontal flip (negating the normals' x), ide
 Evaluation: images larger than ``output_size`` are shrunk to fit (never the case at 512 for PASCAL,
 whose images are at most 500 pixels), then padded bottom/right; padded pixels are ignored by losses and
 metrics, so scores are those of the native resolution. Images are normalised with ImageNet statistics.
+
+[why one ~550-line module] one dataset: its layout, five annotation formats, the class mappings and the
+splits belong together, and each reader is a short function next to the constants it uses.
 """
 
 from __future__ import annotations
