@@ -41,6 +41,7 @@ from .backbones.base import BlockBackbone
 from .budget import CostTable
 from .checks import check_batch
 from .derived import DerivedModel, derive_model, recalibrate_batchnorm
+from .distributed import mean_over_ranks
 from .evaluation import EvaluationTable, evaluate_model
 from .export import fold_batchnorm
 from .planner import SEARCHES, BuildPlan, Planner
@@ -368,18 +369,25 @@ class Controller:
         )
         self._record("edge", config, result)
         if val is not None and self.control == "budget":
-            self.stages["edge"]["search"] = self.choose_search(_first_samples(val, val_samples))
+            best = result["selection"]["best_score"]
+            known = {"hypernet": best} if best is not None else None
+            self.stages["edge"]["search"] = self.choose_search(_first_samples(val, val_samples), known)
         return result
 
-    def choose_search(self, batches: list) -> dict[str, Any]:
+    def choose_search(self, batches: list, known: Mapping[str, float] | None = None) -> dict[str, Any]:
         """Keep the planner's budget search (``"hypernet"`` or ``"merge"``, :mod:`dymu.planner`) that scores
-        lower on :meth:`validation_requests` over ``batches`` (ties keep the hypernet). Returns the scores
-        and the choice; :attr:`search` holds it."""
-        scores = {}
+        lower on :meth:`validation_requests` over ``batches`` (ties keep the hypernet). ``known``: scores
+        already measured on these batches (stage 1's best is the hypernet's). Scores are averaged over
+        ranks, so every rank keeps the same search. Returns the scores and the choice; :attr:`search`
+        holds it."""
+        scores = dict(known or {})
+        measured = {}
         for search in SEARCHES:
-            self.search = search
-            self._invalidate()
-            scores[search] = self._validation_score(batches, adapted=False)
+            if search not in scores:
+                self.search = search
+                self._invalidate()
+                measured[search] = self._validation_score(batches, adapted=False)
+        scores.update(mean_over_ranks(measured, self._device(None)))
         self.search = min(SEARCHES, key=lambda s: (scores[s], s != "hypernet"))
         self._invalidate()
         return {"scores": scores, "chosen": self.search}

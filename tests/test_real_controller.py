@@ -61,6 +61,13 @@ def test_budget_mode_trees_follow_the_preference_and_full_budget_keeps_the_ancho
     ctrl.fit_edge(train, val, steps=120, verbose=False, val_samples=256)
     choice = ctrl.stages["edge"]["search"]
     assert choice["chosen"] == ctrl.search == min(choice["scores"], key=choice["scores"].get)
+    # the hypernet's score is stage 1's best, reused: it is what the kept hypernet scores on validation
+    chosen = ctrl.search
+    ctrl.search = "hypernet"
+    ctrl._invalidate()
+    batches = dymu.controller._first_samples(val, 256)
+    assert ctrl._validation_score(batches, adapted=False) == pytest.approx(choice["scores"]["hypernet"], rel=1e-6)
+    ctrl.search = chosen
     anchor_tree = dymu.Tree.independent(ctrl.task_names, ctrl.n_layers)
     prefs = np.eye(6) * 0.85 + 0.15 / 6  # one preferred task each
     for search in ("hypernet", "merge"):  # whichever validation chose, both searches keep the promise

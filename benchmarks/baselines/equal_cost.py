@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from torch import Tensor, nn
+from torch import nn
 
 from affinity.rsa import AffinityResult
 from dymu.budget import CostTable
@@ -48,9 +49,10 @@ class StaticTreesAtBudgets(Method):
     """One static affinity tree per budget; ``model_for(r, budget=b)`` returns the tree of budget ``b``.
 
     Args:
-        backbone_factory, tasks, steps, affinity, loss_scales, seed: as for :class:`StaticTree`.
+        backbone_factory, tasks, steps, affinity: as for :class:`StaticTree`.
         cost_table: the controller's cost table (the anchor's FLOPs the budgets are fractions of).
         budgets: the budgets (each at least the table's minimum budget).
+        options: keyword arguments of every :class:`StaticTree` (``loss_scales``, ``seed``, ...).
 
     Attributes:
         budget_settings: the budgets the protocol asks this method at (one setting per budget).
@@ -68,14 +70,13 @@ class StaticTreesAtBudgets(Method):
         affinity: AffinityResult | np.ndarray,
         cost_table: CostTable,
         budgets: Sequence[float],
-        loss_scales: Sequence[float] | Tensor | None = None,
-        seed: int = 0,
+        **options: Any,
     ):
         super().__init__()
         self.budget_settings = tuple(float(b) for b in budgets)
         self.trees = {
             b: StaticTree(backbone_factory, tasks, steps, affinity, extra_share_for_budget(cost_table, b),
-                          loss_scales=loss_scales, seed=seed, name=f"static_tree@{b:g}")
+                          name=f"static_tree@{b:g}", **options)
             for b in self.budget_settings
         }
         self.cost_table = cost_table
