@@ -22,9 +22,8 @@ Two searches for a budget in budget mode (``search``), chosen on validation afte
 * ``"hypernet"``: the edge hypernet's trees over the pressure grid, as above.
 * ``"merge"`` ([choice] beyond the paper): from the anchor, merge branches along the affinity, the least
   preference-weighted harm per FLOP saved first (:func:`dymu.budget.shrink_to_budget`), until the tree
-  fits: low-preference tasks move first, onto their most similar streams. On fashion_digits after a
-  few hundred stage-1 steps it followed the preference far more closely than the hypernet's trees (see
-  the README's control table); the controller keeps whichever scores better on its validation requests.
+  fits: low-preference tasks move first, onto their most similar streams. The controller keeps
+  whichever search scores better on its validation requests.
   The merge is the plan here, not a fallback (``fallback`` stays False); the edge hypernet still serves
   ``c`` requests, and either search gives the anchor tree at budget 1.
 """
