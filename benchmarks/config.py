@@ -137,7 +137,7 @@ def make_config(benchmark: str, mode: str = "quick", **overrides: Any) -> RunCon
         raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
     preset = dict(MODES[benchmark][mode])
     anchor, edge, weights = preset.pop("steps")
-    values: dict[str, Any] = {"benchmark": benchmark, "mode": mode, "steps": StepBudget(anchor, edge, weights),
+    values: dict[str, Any] = {"benchmark": benchmark, "mode": mode, "steps": StepBudget(anchor, edge, weights, supernet=preset.pop("supernet_steps", 0)),
                               "methods": list(METHODS), **preset}
     changed = False
     for key, value in overrides.items():

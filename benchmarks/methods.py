@@ -33,19 +33,20 @@ class StepBudget:
             (one hard-sharing model per preference, the static affinity tree).
         edge, weights: the controller's stages 1 and 2.
         batch_size: examples per step, the same for every method.
+        supernet: steps of the controller's supernet stage (between stages 0 and 1; 0: none).
 
-    Hypernetwork baselines (PHN, PHN-BN) get ``anchor + edge + weights`` steps: as many as the
-    controller takes in total.
+    Hypernetwork baselines (PHN, PHN-BN) get ``total`` steps: as many as the controller takes in total.
     """
 
     anchor: int
     edge: int
     weights: int
     batch_size: int = 128
+    supernet: int = 0
 
     @property
     def total(self) -> int:
-        return self.anchor + self.edge + self.weights
+        return self.anchor + self.supernet + self.edge + self.weights
 
 
 class Method(abc.ABC):
