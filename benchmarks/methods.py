@@ -20,6 +20,7 @@ from torch import nn
 
 import dymu
 from dymu.metrics import count_params
+from dymu.supernet import frozen_copy
 
 __all__ = ["Method", "StepBudget", "ControllerMethod", "AnchorStreams", "SingleTask", "WithoutWeightHypernet"]
 
@@ -103,6 +104,7 @@ class ControllerMethod(Method):
         *,
         edge_config: dymu.EdgeConfig | None = None,
         weight_config: dymu.WeightConfig | None = None,
+        supernet_config: dymu.SupernetConfig | None = None,
         use_weight_hypernet: bool = True,
         name: str = "dymu",
         anchor_from: ControllerMethod | None = None,
@@ -112,6 +114,9 @@ class ControllerMethod(Method):
         self.steps = steps
         self.edge_config = edge_config or dymu.EdgeConfig()
         self.weight_config = weight_config or dymu.WeightConfig()
+        self.supernet_config = supernet_config or dymu.SupernetConfig()
+        #: the stage-0 single-task streams, frozen (the supernet stage fine-tunes the anchor in place)
+        self.teacher: dymu.anchor.AnchorNet | None = None
         self.use_weight_hypernet = use_weight_hypernet
         self.name = name
         self.anchor_from = anchor_from
@@ -130,10 +135,16 @@ class ControllerMethod(Method):
             ctrl.calibration = source.calibration
             ctrl.affinity = source.affinity
             ctrl.edge.set_affinity(source.edge.affinity)
-            start -= source.stages["anchor"]["seconds"]
+            ctrl.stages.update({k: v for k, v in source.stages.items() if k in ("anchor", "affinity", "supernet")})
+            self.teacher = self.anchor_from.teacher
+            start -= source.stages["anchor"]["seconds"] + source.stages.get("supernet", {}).get("seconds", 0.0)
         else:
             ctrl.fit_anchor(train, val, steps=self.steps.anchor, device=device, verbose=verbose)
             ctrl.fit_affinity(train, device=device)
+            self.teacher = frozen_copy(ctrl.anchor)
+            if self.steps.supernet > 0:
+                ctrl.fit_supernet(train, val, config=replace(self.supernet_config, steps=self.steps.supernet),
+                                  device=device, verbose=verbose)
         ctrl.fit_edge(train, val, config=replace(self.edge_config, steps=self.steps.edge), device=device, verbose=verbose)
         if self.use_weight_hypernet:
             ctrl.fit_weights(train, val, config=replace(self.weight_config, steps=self.steps.weights), device=device, verbose=verbose)
@@ -183,7 +194,7 @@ class SingleTask(Method):
         ctrl = self.source.controller
         if ctrl is None:
             raise ValueError("single_task: fit the controller first")
-        self.module = AnchorStreams(ctrl.anchor).eval()
+        self.module = AnchorStreams(self.source.teacher if self.source.teacher is not None else ctrl.anchor).eval()
         self.train_seconds = float(ctrl.stages["anchor"]["seconds"])
 
     def model_for(self, preference, *, c=None, budget=None) -> nn.Module:
@@ -192,7 +203,7 @@ class SingleTask(Method):
         return self.module
 
     def stored_modules(self):
-        return [self.source.controller.anchor]
+        return [self.module.anchor]
 
 
 class WithoutWeightHypernet(Method):

@@ -14,6 +14,7 @@ from .evaluation import EvaluationTable
 from .registry import register_backbone, register_task_set
 from .tasks import Task
 from .training import AnchorConfig, EdgeConfig, WeightConfig
+from .stage_configs import SupernetConfig
 from hyper import RegulariserConfig
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ def load(path, *, tasks=None, backbone=None, map_location="cpu") -> Controller:
 
 __all__ = [
     "AnchorConfig",
+    "SupernetConfig",
     "BuildPlan",
     "Controller",
     "DerivedModel",

@@ -5,6 +5,7 @@ Typical use::
     ctrl = dymu.Controller(dymu.backbones.lenet(), tasks)
     ctrl.fit_anchor(train, val)        # stage 0
     ctrl.fit_affinity(train)           # RSA task affinity on the frozen anchor
+    ctrl.fit_supernet(train, val)      # optional: shared nodes learn to serve every task on them
     ctrl.fit_edge(train)               # stage 1
     ctrl.fit_weights(train)            # stage 2
     model = ctrl.build_model({"fashion": 0.6, "digit": 0.4, ...}, budget=0.5)
@@ -47,6 +48,8 @@ from .export import fold_batchnorm
 from .planner import SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
 from .resume import checkpointing
+from .stage_configs import SupernetConfig
+from .supernet import frozen_copy, train_supernet
 from .tasks import Task, check_tasks
 from .training import (
     AnchorConfig,
@@ -334,6 +337,97 @@ class Controller:
             totals += torch.stack([t.loss(outputs[t.name], targets[t.name]).float() for t in self.tasks]) * n
             count += n
         return totals / max(count, 1)
+
+    # --------------------------------------------------------------------------- supernet
+    def fit_supernet(
+        self,
+        train: Iterable,
+        val: Iterable | None = None,
+        *,
+        steps: int | None = None,
+        config: SupernetConfig | None = None,
+        device: str | torch.device | None = None,
+        verbose: bool = True,
+        val_samples: int = 512,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+    ) -> dict[str, Any]:
+        """The supernet stage (:mod:`dymu.supernet`), after :meth:`fit_anchor` and :meth:`fit_affinity`:
+        fine-tune the streams and heads on sandwiches of trees, distilling toward the stage-0 streams.
+
+        With ``val``, the anchor is scored before training and every ``config.eval_every`` steps on
+        :meth:`supernet_requests` (trees from the merge search, no adaptation; mean ``sum_i r_i w_i L_i``
+        over the first ``val_samples`` validation images) and the best state is kept, the stage-0
+        streams included: the stage switches itself off when it does not help on validation. The
+        per-task validation losses of the anchor tree and of the cheapest tree before and after are in
+        ``stages["supernet"]["trees"]``. Checkpoints as in :meth:`fit_anchor`.
+        """
+        config = self._seeded(config or SupernetConfig(), steps)
+        device = self._device(device)
+        if "anchor" not in self.stages:
+            raise ValueError("train the streams first: fit_anchor(train, val)")
+        if "edge" in self.stages:
+            raise ValueError("the supernet stage comes before the edge hypernet: fit_supernet, then fit_edge")
+        teacher = frozen_copy(self.anchor)
+        batches = _first_samples(val, val_samples) if val is not None else None
+        if batches is not None:
+            for index, (x, targets) in enumerate(batches):
+                check_batch(x, targets, self.tasks, stage="validation", step=None, batch=index)
+        matrix = np.asarray(self.affinity.matrix) if self.affinity is not None else None
+        before = self._supernet_trees(batches, device) if batches is not None else None
+        result = train_supernet(
+            self.anchor, teacher, self.tasks, train, self.loss_scales, self.cost_table, matrix, config, device, verbose,
+            select=None if batches is None else (lambda: self._supernet_score(batches)),
+            checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
+        )
+        self._record("supernet", config, result)
+        if batches is not None:
+            after = self._supernet_trees(batches, device)
+            self.stages["supernet"]["trees"] = {
+                name: {"assignment": [list(row) for row in before[name][0]], "val_loss_before": before[name][1],
+                       "val_loss_after": after[name][1]} for name in before
+            }
+        self.stages["supernet"]["kept_stage0"] = result["selection"]["best_step"] == 0
+        return result
+
+    def supernet_requests(self) -> list[tuple[np.ndarray, float]]:
+        """The ``(preference, budget)`` requests the supernet stage is selected on: the preferences of
+        :meth:`validation_requests` at the minimum budget, a quarter and 60% of the way to 1, and 1."""
+        low = self.min_budget
+        budgets = [low * (1 + 1e-9), low + 0.25 * (1 - low), low + 0.6 * (1 - low), 1.0]
+        prefs = []
+        for r, _, _ in self.validation_requests():
+            if not any(np.array_equal(r, p) for p in prefs):
+                prefs.append(r)
+        return [(r, b) for r in prefs for b in budgets]
+
+    def _merge_planner(self) -> Planner:
+        matrix = np.asarray(self.affinity.matrix) if self.affinity is not None else None
+        return Planner(self.edge, self.cost_table, self.task_names, matrix, "budget", "merge")
+
+    def _supernet_score(self, batches: list) -> float:
+        device = self._device(None)
+        planner, scales = self._merge_planner(), self.loss_scales.to(device)
+        losses: dict[tuple, Tensor] = {}
+        scores = []
+        with torch.no_grad():
+            for r, budget in self.supernet_requests():
+                assignment = planner.plan(r, budget).tree.assignment
+                if assignment not in losses:
+                    losses[assignment] = self._tree_losses(assignment, None, batches, device)
+                scores.append(float((torch.as_tensor(r, dtype=torch.float32, device=device) * scales * losses[assignment]).sum()))
+        return float(np.mean(scores))
+
+    @torch.no_grad()
+    def _supernet_trees(self, batches: list, device: torch.device) -> dict[str, tuple[tuple, list[float]]]:
+        """Per-task validation losses of the anchor tree and of the uniform preference's cheapest tree."""
+        uniform = np.full(self.n_tasks, 1.0 / self.n_tasks)
+        planner = self._merge_planner()
+        trees = {"anchor": planner.plan(uniform, 1.0).tree.assignment,
+                 "one_stream": planner.plan(uniform, self.min_budget * (1 + 1e-9)).tree.assignment}
+        self.anchor.eval()
+        return {name: (a, self._tree_losses(a, None, batches, device).tolist()) for name, a in trees.items()}
 
     # --------------------------------------------------------------------------- stage 1
     def fit_edge(

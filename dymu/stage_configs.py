@@ -21,14 +21,16 @@ import torch
 
 from hyper import RegulariserConfig
 
-__all__ = ["AnchorConfig", "EdgeConfig", "WeightConfig", "PRESETS", "STAGES", "preset_steps", "adam"]
+__all__ = ["AnchorConfig", "SupernetConfig", "EdgeConfig", "WeightConfig", "PRESETS", "STAGES", "preset_steps", "adam"]
 
-STAGES = ("anchor", "edge", "weights")
+STAGES = ("anchor", "supernet", "edge", "weights")
 
 #: per preset and stage: (epochs, cap on the steps those epochs give, steps when the data's length is unknown)
 PRESETS: dict[str, dict[str, tuple[float | None, int | None, int]]] = {
-    "cpu": {"anchor": (2.0, 3000, 600), "edge": (1.0, 2000, 400), "weights": (0.5, 1000, 200)},
-    "paper": {"anchor": (None, None, 30000), "edge": (None, None, 30000), "weights": (None, None, 30000)},
+    "cpu": {"anchor": (2.0, 3000, 600), "supernet": (1.0, 1500, 300), "edge": (1.0, 2000, 400), "weights": (0.5, 1000, 200)},
+    # the paper has no supernet stage: [choice] a third of stage 0's length
+    "paper": {"anchor": (None, None, 30000), "supernet": (None, None, 10000), "edge": (None, None, 30000),
+              "weights": (None, None, 30000)},
 }
 
 
@@ -128,6 +130,52 @@ class AnchorConfig(_Presets):
         if self.schedule == "step":
             return multistep(optimizer, self.steps, self.step_milestones, self.step_gamma)
         return None
+
+
+@dataclass
+class SupernetConfig(_Presets):
+    """The supernet stage, between stages 0 and 1 ([choice] beyond the paper, :mod:`dymu.supernet`).
+
+    Attributes:
+        steps: default 300, the ``"cpu"`` preset for data of unknown length (:meth:`preset`: one
+            epoch, at most 1500; :meth:`paper`: 10,000).
+        lr, weight_decay: Adam on the streams, heads and distillation adaptors, cosine decay to 0.
+            [choice] 3e-4: a fine-tune of trained streams, a third of stage 0's rate.
+        budget_trees: trees per step drawn across the budget range, besides the anchor tree and a
+            one-stream tree (the sandwich rule of slimmable networks).
+        distill_weight: ``lambda`` of the feature distillation toward the frozen single-task streams.
+        distill: ``"features"`` (default) or ``"none"`` (the sandwich alone, for ablations).
+        dirichlet_alpha: preferences of the budget trees ``r ~ Dirichlet(alpha)``.
+        eval_every: with validation data, score the supernet every this many steps (and at the end;
+            None: four times); the best state, the frozen streams (step 0) included, is kept.
+        seed: seeds tree draws (None: the controller's seed).
+    """
+
+    stage: ClassVar[str] = "supernet"
+
+    steps: int = PRESETS["cpu"]["supernet"][2]
+    lr: float = 3e-4
+    weight_decay: float = 1e-5
+    budget_trees: int = 1
+    distill_weight: float = 1.0
+    distill: str = "features"
+    dirichlet_alpha: float = 1.0
+    eval_every: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.budget_trees < 0:
+            raise ValueError(f"budget_trees must be >= 0, got {self.budget_trees}")
+        if self.distill not in ("features", "none"):
+            raise ValueError(f"distill must be 'features' or 'none', got {self.distill!r}")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
+        if self.dirichlet_alpha <= 0:
+            raise ValueError(f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
 
 
 @dataclass

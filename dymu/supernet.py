@@ -1,0 +1,242 @@
+"""The supernet stage: fine-tune the anchor's streams so that shared nodes serve every task on them.
+
+[choice] beyond the paper (method.md section 12). After stage 0 every node is a single-task stream,
+so a node that a derived tree shares was trained for one task only, and every derived model is at best
+as good as those frozen streams. This stage trains the streams and heads on the trees inference will
+build, a sandwich per step (slimmable / once-for-all networks):
+
+* the anchor tree (every task on its own stream), which keeps the full-budget model strong;
+* a one-stream tree (every task on stream ``s``, ``s`` drawn per step), the cheapest tree there is;
+* ``budget_trees`` trees across the budget range: for a drawn preference ``r ~ Dirichlet`` and budget
+  ``b ~ U(min_budget, 1)``, the anchor merged along the affinity until it fits
+  (:func:`dymu.budget.shrink_to_budget`, the planner's merge search), trained on ``r``'s weights.
+
+Each task's last features (the input of its head) are distilled toward its frozen single-task
+stream's through a task-specific adaptor (a 1x1 convolution initialised to the identity; Li & Bilen,
+"Knowledge Distillation for Multi-task Learning", 2020; Li, Liu & Bilen, "Universal Representations"):
+the adaptor lets a shared feature differ from each teacher's by a linear map, so distillation keeps the
+task's information without forcing two tasks' features to be equal. Adaptors exist only in training;
+derived models and the cost table never contain them.
+
+BatchNorm: every tree trains on batch statistics, but only the anchor tree's pass moves the running
+statistics, so they stay the statistics of each node on its own stream (what the weight hypernet's
+BatchNorm deltas are learnt against).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .anchor import AnchorNet, frozen_batchnorm_statistics, run_tree
+from .budget import CostTable, shrink_to_budget
+from .distributed import rank_world
+from .loop import Batch, KeepBest, StepInfo, TrainLoop
+from .resume import Checkpointing
+from .stage_configs import SupernetConfig, adam
+from .tasks import Task
+
+__all__ = ["SupernetConfig", "FeatureAdaptors", "distillation_loss", "SandwichTrees", "tree_features", "train_supernet",
+           "frozen_copy"]
+
+Assignment = tuple[tuple[int, ...], ...]
+
+
+class FeatureAdaptors(nn.Module):
+    """One linear map per task from a student's features to its teacher's, initialised to the identity.
+
+    ``forward(k, f)``: ``f [B, C, H, W]`` (a 1x1 convolution) or ``f [B, C]`` (a linear layer) -> same shape.
+
+    >>> adaptors = FeatureAdaptors(2, channels=4, spatial=True)
+    >>> f = torch.randn(3, 4, 5, 5)
+    >>> bool(torch.allclose(adaptors(1, f), f))
+    True
+    """
+
+    def __init__(self, n_tasks: int, channels: int, spatial: bool):
+        super().__init__()
+        make = (lambda: nn.Conv2d(channels, channels, 1)) if spatial else (lambda: nn.Linear(channels, channels))
+        self.maps = nn.ModuleList(make() for _ in range(n_tasks))
+        with torch.no_grad():
+            for m in self.maps:
+                m.weight.zero_()
+                m.weight.view(channels, channels).copy_(torch.eye(channels))
+                m.bias.zero_()
+
+    def forward(self, task: int, features: Tensor) -> Tensor:
+        return self.maps[task](features)
+
+
+def distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """``mean over samples and positions of || s / |s| - t / |t| ||^2``, norms over channels (dim 1).
+
+    ``student``, ``teacher``: ``[B, C, ...]``; returns a scalar in ``[0, 4]``.
+
+    >>> f = torch.randn(2, 3, 4, 4)
+    >>> float(distillation_loss(2 * f, f))   # the scale of a feature does not matter
+    0.0
+    """
+    s = F.normalize(student.flatten(2) if student.dim() > 2 else student, dim=1)
+    t = F.normalize(teacher.flatten(2) if teacher.dim() > 2 else teacher, dim=1)
+    return (s - t).pow(2).sum(1).mean()
+
+
+def tree_features(anchor: AnchorNet, assignment: Sequence[Sequence[int]], x: Tensor) -> tuple[dict[str, Tensor], list[Tensor]]:
+    """Run one tree of ``anchor`` on ``x [B, C, H, W]``: ``({task: prediction}, [last features of task k]``
+    (each ``[B, C', H', W']``, the input of task ``k``'s head)``)``; shared nodes are computed once."""
+    features: list[Tensor] = []
+
+    def run_head(k: int, last: Tensor, skips: Sequence[Tensor]) -> Tensor:
+        features.append(last)
+        return anchor.heads[anchor.task_names[k]](last, *skips)
+
+    outputs = run_tree(assignment, x, lambda layer, node, inp: anchor.block(layer, node)(inp), run_head, anchor.skip_layers)
+    return dict(zip(anchor.task_names, outputs)), features
+
+
+class SandwichTrees:
+    """The trees of one supernet step and their task weights (see the module docstring).
+
+    ``draw() -> [(assignment, r [N])]``: the anchor tree and the one-stream tree with uniform ``r``, then
+    ``budget_trees`` merged trees with their drawn ``r``. Draws from ``rng`` only.
+    """
+
+    def __init__(self, table: CostTable, affinity: np.ndarray | None, budget_trees: int, dirichlet_alpha: float,
+                 rng: np.random.Generator):
+        self.table, self.budget_trees, self.alpha, self.rng = table, budget_trees, dirichlet_alpha, rng
+        n = table.n_tasks
+        self.affinity = np.ones((n, n)) if affinity is None else np.asarray(affinity, dtype=float)
+
+    def anchor_tree(self) -> Assignment:
+        return tuple(tuple(range(self.table.n_tasks)) for _ in range(self.table.n_layers))
+
+    def one_stream_tree(self, stream: int) -> Assignment:
+        return tuple((stream,) * self.table.n_tasks for _ in range(self.table.n_layers))
+
+    def draw(self) -> list[tuple[Assignment, np.ndarray]]:
+        n = self.table.n_tasks
+        uniform = np.full(n, 1.0 / n)
+        trees = [(self.anchor_tree(), uniform), (self.one_stream_tree(int(self.rng.integers(n))), uniform)]
+        low = self.table.min_budget
+        for _ in range(self.budget_trees):
+            r = self.rng.dirichlet(np.full(n, self.alpha))
+            budget = low + (1.0 - low) * float(self.rng.random())
+            rows = shrink_to_budget(self.anchor_tree(), budget * self.table.anchor_flops, self.table, r, self.affinity)
+            trees.append((tuple(tuple(row) for row in rows), r))
+        return trees
+
+
+@torch.no_grad()
+def _teacher_features(teacher: AnchorNet, x: Tensor) -> list[Tensor]:
+    """Each frozen stream's last features on ``x``: ``[B, C', H', W']`` per task."""
+    out = []
+    for stream in teacher.streams:
+        h = x
+        for block in stream.blocks:
+            h = block(h)
+        out.append(h)
+    return out
+
+
+def train_supernet(
+    anchor: AnchorNet,
+    teacher: AnchorNet,
+    tasks: Sequence[Task],
+    train: Iterable[Batch],
+    loss_scales: Tensor,
+    cost_table: CostTable,
+    affinity: np.ndarray | None,
+    config: SupernetConfig,
+    device: torch.device,
+    verbose: bool = True,
+    *,
+    select: Callable[[], float] | None = None,
+    checkpointing: Checkpointing | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``anchor`` (streams and heads) on the sandwich of trees, distilling toward ``teacher``.
+
+    ``teacher``: the frozen single-task streams (stage 0), left unchanged. ``loss_scales`` ``[N]``: the
+    ``w_i`` every task loss is multiplied by. ``select()`` (lower is better) scores the anchor on
+    validation before the first step and every ``eval_every`` steps; the best state is kept, the frozen
+    streams included, so a supernet that does not help on validation changes nothing.
+
+    Returns ``{"history", "log", "seconds", "selection": {"best_step", "best_score", "history"},
+    "resumed_at"}``; ``best_step`` 0 means the stage-0 streams were kept.
+    """
+    if rank_world()[1] > 1:
+        raise ValueError("the supernet stage runs in one process; under torchrun, train it on one rank and load it on all")
+    names = [t.name for t in tasks]
+    seed = 0 if config.seed is None else int(config.seed)
+    rng = np.random.default_rng(seed)
+    trees = SandwichTrees(cost_table, affinity, config.budget_trees, config.dirichlet_alpha, rng)
+    anchor.to(device).train().requires_grad_(True)
+    teacher.to(device).eval().requires_grad_(False)
+    spatial = len(anchor.backbone.out_shape) > 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adaptors = FeatureAdaptors(len(tasks), anchor.head_channels, spatial).to(device)
+    distil = config.distill == "features" and config.distill_weight > 0
+    parameters = list(anchor.parameters()) + (list(adaptors.parameters()) if distil else [])
+    optimizer = adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
+    scales = loss_scales.to(device)
+
+    def step(info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> dict[str, float]:
+        drawn = trees.draw()
+        targets_t = _teacher_features(teacher, x) if distil else None
+        optimizer.zero_grad(set_to_none=True)
+        task_total = distil_total = 0.0
+        for index, (assignment, r) in enumerate(drawn):
+            # only the anchor tree's pass moves the running statistics (see the module docstring)
+            with frozen_batchnorm_statistics(anchor) if index > 0 else contextlib.nullcontext():
+                outputs, features = tree_features(anchor, assignment, x)
+            weights = torch.as_tensor(r * len(names), dtype=torch.float32, device=device) * scales
+            task_loss = x.new_zeros(())
+            for k, task in enumerate(tasks):
+                loss = task.loss(outputs[task.name], targets[task.name]).float()
+                info.check_loss(loss, task.name)
+                task_loss = task_loss + weights[k] * loss
+            loss = task_loss
+            if distil:
+                d = sum(distillation_loss(adaptors(k, features[k]), targets_t[k]) for k in range(len(names)))
+                loss = loss + config.distill_weight * d
+                distil_total += float(d.detach()) / len(drawn)
+            (loss / len(drawn)).backward()
+            task_total += float(task_loss.detach()) / len(drawn)
+        optimizer.step()
+        scheduler.step()
+        return {"task_loss": task_total, "distill": distil_total}
+
+    keep = KeepBest.lowest(anchor, label="supernet score")
+    validate = None
+    if select is not None:
+        def validate(step: int) -> dict[str, float]:
+            anchor.eval()
+            score = select()
+            anchor.train()
+            return {"score": score}
+
+        # step 0 is a candidate: the frozen streams stay when fine-tuning never beats them on validation
+        keep.offer(validate(0), 0)
+    state = {"supernet": anchor, "adaptors": adaptors, "optimizer": optimizer, "scheduler": scheduler}
+    loop = TrainLoop(
+        "supernet", config.steps, device, tasks, state=state, generators={"trees": rng}, frozen={"teacher": teacher},
+        validate=validate, keep=keep, eval_every=config.eval_every or max(1, -(-config.steps // 4)),
+        log_every=max(1, config.steps // 50), seed=seed, config=config, checkpointing=checkpointing, verbose=verbose,
+    )
+    result = loop.run(train, step)
+    anchor.eval().requires_grad_(False)
+    selection = {"best_step": keep.steps["score"], "best_score": keep.scores["score"], "history": result.history}
+    return {"log": result.log, "seconds": result.seconds, "selection": selection, "resumed_at": result.resumed_at}
+
+
+def frozen_copy(anchor: AnchorNet) -> AnchorNet:
+    """A deep copy of ``anchor`` in eval mode with no gradients: the teacher of :func:`train_supernet`."""
+    return copy.deepcopy(anchor).eval().requires_grad_(False)
