@@ -35,6 +35,8 @@ METHODS = (
     "phn_bn",
     "static_tree",
     "static_equal_cost",
+    "distilled_trunk",
+    "cross_stitch",
     "hard_sharing",
 )
 ALWAYS = ("dymu", "single_task")

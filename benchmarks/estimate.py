@@ -124,7 +124,11 @@ def estimate(config: RunConfig, costs: dict[str, float], n_tasks: int, n_val: in
     ``costs`` (:func:`measure_costs`): steps times the measured seconds per step, plus validation and test
     passes times the measured seconds per image. The controller's models are costed halfway between one
     shared network and the full anchor (its c = 0 trees are near the anchor, its c = 1 and minimum-budget
-    trees near one stream); a static tree as the anchor (an upper bound)."""
+    trees near one stream); a static tree as the anchor (an upper bound). No cost is measured for the two
+    distillation-era baselines; they reuse the measured ones: the distilled trunk's step is a hard-sharing step
+    plus its teachers' forward (the anchor's evaluation cost per image times the batch), a cross-stitch step
+    N hard-sharing steps (N streams; this counts the heads N times, a slight over-estimate), and a
+    cross-stitch network evaluates like the anchor (N streams)."""
     s = config.steps
     n_pref = len(protocol.evaluation_preferences(n_tasks, config.n_preferences))
     n_hs = n_pref if config.hs_preferences is None else min(config.hs_preferences, n_pref)
@@ -158,6 +162,9 @@ def estimate(config: RunConfig, costs: dict[str, float], n_tasks: int, n_val: in
     per["static_tree"] = s.anchor * costs["anchor"] + 10 * static_val + eval_anchor
     per["static_equal_cost"] = n_equal_cost * per["static_tree"]
     per["hard_sharing"] = n_hs * (s.anchor * costs["shared"] + 10 * static_val + eval_static)
+    teacher_forward = config.batch_size * costs["eval_anchor"]
+    per["distilled_trunk"] = (s.total - s.anchor) * (costs["shared"] + teacher_forward) + 10 * static_val + eval_static
+    per["cross_stitch"] = s.total * n_tasks * costs["shared"] + 10 * val_examples * costs["eval_anchor"] + eval_anchor
     out = {name: per[name] for name in config.methods}
     out["per_seed"] = sum(out.values())
     out["total"] = out["per_seed"] * len(config.seeds)

@@ -198,7 +198,7 @@ class BenchmarkRun:
             return ControllerMethod(make_controller, steps, edge_config=EdgeConfig(seed=seed, regulariser=ABLATIONS[name]),
                                     weight_config=WeightConfig(seed=seed), name=name, anchor_from=dymu_method,
                                     use_weight_hypernet=self.config.ablation_weight_hypernet)
-        from .baselines import PHN, HardSharing, StaticTree, StaticTreesAtBudgets
+        from .baselines import PHN, CrossStitch, DistilledTrunk, HardSharing, StaticTree, StaticTreesAtBudgets
 
         ctrl = dymu_method.controller
         if name in ("phn", "phn_bn"):
@@ -211,6 +211,13 @@ class BenchmarkRun:
             budgets = [b for b in protocol.EQUAL_COST_BUDGETS if b >= ctrl.min_budget]
             return StaticTreesAtBudgets(dymu.backbones.lenet, tasks, steps, ctrl.affinity, ctrl.cost_table, budgets,
                                         loss_scales=ctrl.loss_scales, seed=seed)
+        if name == "distilled_trunk":
+            # the teachers are the frozen stage-0 streams: a copy where a later stage fine-tunes the anchor in place
+            teacher = getattr(dymu_method, "teacher", None)
+            return DistilledTrunk(dymu.backbones.lenet, tasks, steps, ctrl.anchor if teacher is None else teacher,
+                                  loss_scales=ctrl.loss_scales, seed=seed)
+        if name == "cross_stitch":
+            return CrossStitch(dymu.backbones.lenet, tasks, steps, loss_scales=ctrl.loss_scales, seed=seed)
         if name == "hard_sharing":
             return HardSharing(dymu.backbones.lenet, tasks, steps, self.preferences[self.hs_index],
                                loss_scales=ctrl.loss_scales, seed=seed)

@@ -46,8 +46,12 @@ _STYLE: dict[tuple[str, str], tuple[str, str, str, str]] = {
     ("phn_bn", "static"): ("PHN-BN", "#ff7f0e", "-", "D"),
     ("hard_sharing", "static"): ("hard sharing (one per preference)", "#8c564b", "none", "P"),
     ("static_tree", "static"): ("static affinity tree", "#9467bd", "none", "X"),
+    ("distilled_trunk", "static"): ("distilled hard-sharing trunk", "#7f7f7f", "none", "v"),
+    ("cross_stitch", "static"): ("cross-stitch network", "#8c6d31", "none", "h"),
     ("single_task", "static"): ("single-task streams", "#111111", "none", "*"),
 }
+#: static methods of one model for every preference: a horizontal line in the per-task plots
+_ONE_MODEL = ("single_task", "static_tree", "distilled_trunk", "cross_stitch")
 _ABLATION_COLOURS = {
     "dymu": "#1f4e9c",
     "dymu_no_inactive": "#e377c2",
@@ -189,7 +193,7 @@ def plot_task_losses(results: Mapping[str, Any], path: str | Path) -> Path:
                 continue
             prefs, losses, _ = got
             order = np.argsort(prefs[:, i])
-            if method in ("single_task", "static_tree"):
+            if method in _ONE_MODEL:
                 ax.axhline(losses[0, i], color=colour, lw=1.2, ls="--" if method == "single_task" else "-.", label=label)
                 continue
             ax.plot(prefs[order, i], losses[order, i], linestyle=style if style != "none" else "none", marker=marker,
@@ -210,8 +214,9 @@ def plot_task_losses(results: Mapping[str, Any], path: str | Path) -> Path:
 def _fixed_costs(results: Mapping[str, Any]) -> list[tuple[str, float, str]]:
     out = []
     for method, label, colour in (("single_task", "single-task streams (anchor)", "#111111"),
-                                  ("phn", "PHN / PHN-BN / hard sharing", "#d62728"),
-                                  ("static_tree", "static affinity tree", "#9467bd")):
+                                  ("phn", "PHN / PHN-BN / hard sharing / distilled trunk", "#d62728"),
+                                  ("static_tree", "static affinity tree", "#9467bd"),
+                                  ("cross_stitch", "cross-stitch network", "#8c6d31")):
         row = results.get("methods", {}).get(method)
         if row and row.get("mean_flops", {}).get("mean") is not None:
             out.append((label, row["mean_flops"]["mean"], colour))

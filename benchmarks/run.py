@@ -16,12 +16,18 @@ others use its anchor: loss scales, task affinity, single-task baselines):
 ============================  ==========================================================================
 ``dymu``                      the controller (anchor, edge hypernet, weight hypernet)
 ``single_task``               its anchor's streams, each on its own task (stage 0 of the controller)
+``dymu_paper``                the paper's control (resource preference ``c``, its regulariser) on the same anchor
 ``dymu_no_weight_hypernet``   the same controller, trees built without the weight hypernet
 ``dymu_no_inactive``          ablation: no inactive-task loss (own edge hypernet, shared anchor)
 ``dymu_no_affinity_depth``    ablation: no affinity and no depth factor in the active-task loss
 ``dymu_all_active``           ablation: every task counts as active
 ``phn`` / ``phn_bn``          Pareto HyperNetworks: all weights / only BatchNorm parameters from the hypernet
 ``static_tree``               a static affinity tree at the controller's mean ``c = 0`` cost, trained once
+``static_equal_cost``         one static affinity tree per controller budget (dynamic against static at equal cost)
+``distilled_trunk``           one hard-sharing trunk distilled from the single-task streams (Li & Bilen 2020),
+                              trained once for the controller's total steps less stage 0's (its teachers')
+``cross_stitch``              N task streams mixed by cross-stitch units after every block (Misra et al. 2016),
+                              trained once for the controller's total steps
 ``hard_sharing``              one hard-sharing network trained per evaluation preference
 ============================  ==========================================================================
 

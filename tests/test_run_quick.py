@@ -31,7 +31,7 @@ def test_the_results_file_holds_every_required_field_for_every_method(tiny_run):
     assert results["benchmark"] == "multifashion" and results["complete"] is True and results["seeds"] == [0]
     assert results["command"].endswith(" ".join(argv))
     assert set(results["versions"]) >= {"python", "torch", "numpy", "dymu"}
-    assert results["steps"] == {"anchor": 2, "edge": 2, "weights": 2, "batch_size": 16}
+    assert results["steps"] == {"anchor": 2, "edge": 2, "weights": 2, "batch_size": 16, "supernet": 0}
     assert set(results["methods"]) == set(run.METHODS)
     for name, row in results["methods"].items():
         for key in REQUIRED:
@@ -60,6 +60,12 @@ def test_the_results_file_holds_every_required_field_for_every_method(tiny_run):
     assert len(dymu["cost_curve"]["c"]) == len(dymu["cost_curve"]["mean_flops"])
     assert set(results["methods"]["dymu_no_inactive"]["settings"]) == {"c=0", "c=1"}
     assert results["methods"]["single_task"]["delta_mtl"]["mean"] == pytest.approx(0.0)
+    # the distilled trunk serves a hard-sharing network; cross-stitch runs a stream per task plus its units
+    methods = results["methods"]
+    assert set(methods["distilled_trunk"]["settings"]) == set(methods["cross_stitch"]["settings"]) == {"static"}
+    assert methods["distilled_trunk"]["mean_flops"]["mean"] == methods["hard_sharing"]["mean_flops"]["mean"]
+    assert methods["cross_stitch"]["mean_flops"]["mean"] > methods["single_task"]["mean_flops"]["mean"]
+    assert {"distilled_trunk", "cross_stitch"} <= set(results["estimate_seconds"])
     hs = results["methods"]["hard_sharing"]
     assert len(hs["trained_preferences"]) == 2 and "2 of the 3" in hs["trained_preferences_note"]
     assert hs["train_seconds_all_preferences"]["mean"] == pytest.approx(1.5 * hs["train_seconds"]["mean"])

@@ -32,6 +32,7 @@ from dymu.training import adam, to_device
 
 __all__ = [
     "BackboneFactory",
+    "AuxiliaryLoss",
     "node_key",
     "fresh_backbone",
     "block_flops",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 BackboneFactory = Callable[[], BlockBackbone]
+
+#: an extra training term of :func:`train_static`: ``(x [B, ...], outputs {task: prediction}) -> scalar``
+AuxiliaryLoss = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
 
 
 def node_key(layer: int, node: int) -> str:
@@ -228,6 +232,9 @@ def train_static(
     desc: str = "static",
     verbose: bool = True,
     checkpointing: Checkpointing | None = None,
+    auxiliary: AuxiliaryLoss | None = None,
+    auxiliary_modules: nn.Module | None = None,
+    param_groups: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train one fixed multi-task network on ``sum_i weights[i] * L_i`` and keep its best validation state.
 
@@ -237,38 +244,64 @@ def train_static(
     only). The model is left in eval mode on ``device``. ``checkpointing``: resume checkpoints named
     after ``desc`` (see :class:`dymu.resume.Checkpointing`).
 
+    Training-only extras (the distilled trunk's adaptors, the cross-stitch units' learning rate):
+
+    * ``auxiliary(x, outputs)``: a scalar added to each step's training loss (not to the validation score,
+      so model selection stays on the task losses alone); ``x`` is the batch's input ``[B, ...]`` on
+      ``device`` and ``outputs`` the model's ``{task: prediction}`` of this step.
+    * ``auxiliary_modules``: modules trained with the model (its parameters join the optimiser, it moves
+      to ``device`` and is checkpointed) but not part of it, so neither kept-best nor served.
+    * ``param_groups``: Adam parameter groups replacing the default one group of every parameter of the
+      model and the auxiliary modules (e.g. a group with a larger ``lr``); groups without ``lr`` or
+      ``weight_decay`` take the arguments'.
+
     Returns:
         ``{"train_loss": [per-step scalarised training loss], "history": [{"step", "val_losses",
-        "val_score"}], "best_step": int, "best_score": float}``.
+        "val_score"}], "best_step": int, "best_score": float}``, plus ``"auxiliary_loss": [per-step
+        auxiliary term]`` with ``auxiliary``.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     every = default_eval_every(steps, eval_every)
     weights = weights.to(device=device, dtype=torch.float32)
     model.to(device).train()
-    optimizer = adam(model.parameters(), lr, weight_decay)
+    extras = [] if auxiliary_modules is None else [auxiliary_modules.to(device).train()]
+    if param_groups is None:
+        param_groups = [{"params": [p for m in (model, *extras) for p in m.parameters()]}]
+    optimizer = adam(param_groups, lr, weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
 
     def step(info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> dict[str, float]:
-        loss = weighted_task_loss(model(x), targets, tasks, weights, info)
+        outputs = model(x)
+        loss = weighted_task_loss(outputs, targets, tasks, weights, info)
+        logged = {"loss": float(loss.detach())}
+        if auxiliary is not None:
+            extra = auxiliary(x, outputs)
+            info.check_loss(extra, "auxiliary")
+            logged["auxiliary"] = float(extra.detach())
+            loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        return {"loss": float(loss.detach())}
+        return logged
 
     def validate(step: int) -> dict[str, Any]:
         losses = validation_losses(model, tasks, val_batches, device)
         return {"val_losses": losses.tolist(), "val_score": float((weights.cpu().double().numpy() * losses).sum())}
 
     keep = KeepBest.lowest(model, key="val_score", label="scalarised loss")
-    state = {"model": model, "optimizer": optimizer, **({"scheduler": scheduler} if scheduler is not None else {})}
+    state = {"model": model, "optimizer": optimizer, **({"scheduler": scheduler} if scheduler is not None else {}),
+             **({"auxiliary": extras[0]} if extras else {})}
     config = {"steps": steps, "lr": lr, "weight_decay": weight_decay, "cosine": cosine, "eval_every": every,
               "weights": weights.tolist()}
     loop = TrainLoop(desc, steps, device, tasks, state=state, validate=validate, keep=keep, eval_every=every,
                      log_every=1, config=config, checkpointing=checkpointing, verbose=verbose)
     result = loop.run(train, step)
     model.eval()
-    return {"train_loss": [entry["loss"] for entry in result.log], "history": result.history,
-            "best_step": keep.steps["val_score"], "best_score": keep.scores["val_score"]}
+    out = {"train_loss": [entry["loss"] for entry in result.log], "history": result.history,
+           "best_step": keep.steps["val_score"], "best_score": keep.scores["val_score"]}
+    if auxiliary is not None:
+        out["auxiliary_loss"] = [entry["auxiliary"] for entry in result.log]
+    return out
