@@ -78,7 +78,8 @@ class RunConfig:
         benchmark: multifashion or fashion_digits.
         mode: quick, full, or either with "-custom" once a preset size is changed.
         seeds: training seeds (default: the mode's).
-        steps: step budgets of stage 0 (and every static model), stage 1 and stage 2.
+        steps: step budgets of the controller's stages 0, 1 and 2; their total is every method's training
+            budget (:data:`benchmarks.protocol.TRAINING_BUDGET_RULE`).
         n_preferences: evaluation preferences (None: the protocol's 25 rays or 20 draws).
         hs_preferences: how many evaluation preferences hard sharing trains for (None: all).
         test_examples: the first this many test examples (None: the whole test split).

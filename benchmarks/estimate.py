@@ -149,7 +149,10 @@ def estimate(config: RunConfig, costs: dict[str, float], n_tasks: int, n_val: in
     per: dict[str, float] = {}
     per["dymu"] = (s.anchor * costs["anchor"] + anchor_validations * val_examples * costs["eval_anchor"] + s.edge * costs["edge"]
                    + s.weights * costs["weights"] + n_pref * dynamic_settings * eval_tree + plans)
-    per["single_task"] = eval_anchor
+    # the streams continue stage 0 to the full budget (TRAINING_BUDGET_RULE), validating as stage 0 does
+    extra = s.total - s.anchor
+    extra_validations = math.ceil(extra / AnchorConfig().eval_every) + 1 if extra > 0 else 0
+    per["single_task"] = extra * costs["anchor"] + extra_validations * val_examples * costs["eval_anchor"] + eval_anchor
     per["dymu_paper"] = s.edge * costs["edge"] + s.weights * costs["weights"] + n_pref * dynamic_settings * eval_tree + plans
     per["dymu_no_weight_hypernet"] = 2 * distinct_trees * eval_tree + plans / 2
     for name in ABLATIONS:
@@ -159,9 +162,10 @@ def estimate(config: RunConfig, costs: dict[str, float], n_tasks: int, n_val: in
             per[name] = s.edge * costs["edge"] + 2 * distinct_trees * eval_tree + plans / 2
     for name in ("phn", "phn_bn"):
         per[name] = s.total * costs[name] + 10 * 5 * static_val + n_pref * eval_static
-    per["static_tree"] = s.anchor * costs["anchor"] + 10 * static_val + eval_anchor
+    # every static model trains for the run's total steps (TRAINING_BUDGET_RULE)
+    per["static_tree"] = s.total * costs["anchor"] + 10 * static_val + eval_anchor
     per["static_equal_cost"] = n_equal_cost * per["static_tree"]
-    per["hard_sharing"] = n_hs * (s.anchor * costs["shared"] + 10 * static_val + eval_static)
+    per["hard_sharing"] = n_hs * (s.total * costs["shared"] + 10 * static_val + eval_static)
     teacher_forward = config.batch_size * costs["eval_anchor"]
     per["distilled_trunk"] = (s.total - s.anchor) * (costs["shared"] + teacher_forward) + 10 * static_val + eval_static
     per["cross_stitch"] = s.total * n_tasks * costs["shared"] + 10 * val_examples * costs["eval_anchor"] + eval_anchor

@@ -4,12 +4,15 @@ single-task streams, and without its weight hypernet); the baselines live in :mo
 A method is trained once (:meth:`Method.fit`) and then asked for the model it would run for a task
 preference and, where it can vary its cost, a resource preference ``c`` or a FLOP budget
 (:meth:`Method.model_for`). The protocol (:mod:`benchmarks.protocol`) evaluates those models on the
-test split, counts their FLOPs, and compares methods on the same data, seeds and step budgets.
+test split, counts their FLOPs, and compares methods on the same data, seeds and training budget
+(:data:`benchmarks.protocol.TRAINING_BUDGET_RULE`: every method sees ``StepBudget.total x batch_size``
+training images).
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,16 +30,18 @@ __all__ = ["Method", "StepBudget", "ControllerMethod", "AnchorStreams", "SingleT
 
 @dataclass(frozen=True)
 class StepBudget:
-    """Optimisation steps shared by all methods of one run, so that comparisons are fair.
+    """Optimisation steps of the controller's stages; ``total`` is every method's budget.
 
     Attributes:
-        anchor: steps of each single-task stream (stage 0); also the steps of every static model
-            (one hard-sharing model per preference, the static affinity tree).
+        anchor: steps of the controller's single-task streams (stage 0).
         edge, weights: the controller's stages 1 and 2.
         batch_size: examples per step, the same for every method.
         supernet: steps of the controller's supernet stage (between stages 0 and 1; 0: none).
 
-    Hypernetwork baselines (PHN, PHN-BN) get ``total`` steps: as many as the controller takes in total.
+    Under :data:`benchmarks.protocol.TRAINING_BUDGET_RULE` every other method trains for ``total`` steps
+    too, counting what it depends on: PHN, PHN-BN, every hard-sharing model and every static tree for
+    ``total``; the single-task streams for stage 0 plus ``total - anchor`` steps of their own
+    (:func:`benchmarks.protocol.allocation` says it per method).
     """
 
     anchor: int
@@ -178,9 +183,19 @@ class AnchorStreams(nn.Module):
 
 
 class SingleTask(Method):
-    """The single-task baseline: the trained controller's anchor streams (selected on validation in stage 0).
+    """The single-task baseline: the controller's stage-0 streams, trained on for the rest of the budget.
 
-    It trains nothing of its own: ``fit`` only records the anchor's training time.
+    Under :data:`benchmarks.protocol.TRAINING_BUDGET_RULE` the streams see ``StepBudget.total`` steps: a
+    copy of the controller's stage-0 streams (its frozen ``teacher`` when it has one: a later stage may
+    fine-tune ``controller.anchor`` in place) continues for ``total - anchor`` steps with stage 0's trainer
+    (:func:`dymu.training.train_anchor`), which keeps each stream's best validation state. [choice] A stream
+    whose stage-0 state scored better on the same validation data than every continued state keeps its
+    stage-0 state: model selection covers all ``total`` steps, as it would in one uninterrupted run.
+    ``train_seconds`` is stage 0's time plus the continuation's.
+
+    Attributes:
+        module: the streams as one module (after :meth:`fit`).
+        continuation: ``train_anchor``'s result, and per task whether the stage-0 state was kept.
     """
 
     name = "single_task"
@@ -189,13 +204,44 @@ class SingleTask(Method):
         super().__init__()
         self.source = source
         self.module: AnchorStreams | None = None
+        self.continuation: dict | None = None
 
     def fit(self, train, val, *, device, verbose=True) -> None:
+        from .protocol.training_budget import allocation
+
         ctrl = self.source.controller
         if ctrl is None:
             raise ValueError("single_task: fit the controller first")
-        self.module = AnchorStreams(self.source.teacher if self.source.teacher is not None else ctrl.anchor).eval()
-        self.train_seconds = float(ctrl.stages["anchor"]["seconds"])
+        start = time.time()
+        teacher = getattr(self.source, "teacher", None)
+        stage0 = teacher if teacher is not None else ctrl.anchor
+        # the controller's later stages freeze its anchor; the copy trains again
+        anchor = copy.deepcopy(stage0).to(device).requires_grad_(True)
+        extra = allocation(self.name, self.source.steps).part("continuation")
+        if extra > 0:
+            stage0_config = ctrl.stages["anchor"]["config"]
+            # the continuation validates as often as stage 0 did, with the controller's seed (its own batch order)
+            config = dymu.AnchorConfig(steps=extra, eval_every=int(stage0_config.get("eval_every", dymu.AnchorConfig.eval_every)),
+                                       seed=ctrl.seed)
+            result = dymu.training.train_anchor(anchor, ctrl.tasks, train, val, config, torch.device(device), verbose)
+            kept = self._keep_better_stage0(anchor, stage0, ctrl.tasks, ctrl.stages["anchor"].get("best_val") or {}, result["best"])
+            self.continuation = {"steps": extra, "best": result["best"], "kept_stage0": kept}
+        self.module = AnchorStreams(anchor).eval()
+        self.train_seconds = float(ctrl.stages["anchor"]["seconds"]) + (time.time() - start)
+
+    @staticmethod
+    def _keep_better_stage0(anchor: nn.Module, stage0: nn.Module, tasks, before: dict, after: dict) -> dict[str, bool]:
+        """Load stage 0's stream and head back for every task whose stage-0 validation score beat the
+        continuation's best (both measured on the same validation data); ``{task: kept stage 0}``."""
+        kept = {}
+        for i, task in enumerate(tasks):
+            old, new = before.get(task.name, {}).get(task.primary), after.get(task.name, {}).get(task.primary)
+            better = old is not None and (new is None or (old > new if task.higher_is_better else old < new))
+            if better:
+                anchor.streams[i].load_state_dict(stage0.streams[i].state_dict())
+                anchor.heads[task.name].load_state_dict(stage0.heads[task.name].state_dict())
+            kept[task.name] = better
+        return kept
 
     def model_for(self, preference, *, c=None, budget=None) -> nn.Module:
         if self.module is None:

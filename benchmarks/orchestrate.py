@@ -1,8 +1,10 @@
 """The orchestration of a CPU benchmark run (:func:`run_benchmark`): per seed, every method of the
 :class:`~benchmarks.config.RunConfig` is made, trained, evaluated with :mod:`benchmarks.protocol` and
-summarised; the results file is rewritten after every seed, then the plots are drawn.
+summarised against the seed's single-task metrics; the results file is rewritten after every method, then the
+plots are drawn. With ``resume`` the finished (seed, method) entries of an interrupted run's file are kept and
+only the others run (:mod:`benchmarks.partial`).
 
-[why one ~350-line module] :class:`BenchmarkRun` holds the state of one run (the data, the protocol's fixed
+[why one ~450-line module] :class:`BenchmarkRun` holds the state of one run (the data, the protocol's fixed
 parts, per seed and method the raw results until they are summarised): its steps read and write that state
 and are easier to follow side by side than spread over modules.
 
@@ -19,6 +21,7 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,7 +35,7 @@ from dymu.data.datasets import TensorLoader
 from dymu.results import write_json
 from dymu.training import EdgeConfig, WeightConfig
 
-from . import protocol
+from . import partial, protocol
 from .config import ABLATIONS, C_ONLY, RunConfig
 from .estimate import RunClock, estimate, format_duration, measure_costs
 from .loaders import n_test_examples, n_val_examples, run_loaders
@@ -74,29 +77,32 @@ def static_tree_extra_share(cost: dict[str, Any]) -> float:
     return float(min(1.0, max(0.0, (mean - cost["min_flops"]) / extra))) if extra > 0 else 0.0
 
 
-def run_benchmark(config: RunConfig, *, command: str = "", log_stream: IO[str] | None = None, estimate_only: bool = False) -> dict[str, Any]:
+def run_benchmark(config: RunConfig, *, command: str = "", log_stream: IO[str] | None = None, estimate_only: bool = False,
+                  resume: bool = False) -> dict[str, Any]:
     """Run every method of ``config`` for every seed, evaluate with the protocol, write JSON and plots.
 
-    Returns the results dict (also written to ``config.out/<stem>.json``, after every seed and at the end).
+    Returns the results dict (also written to ``config.out/<stem>.json``, after every method and at the end).
     With ``estimate_only`` the per-step costs are measured and the estimate returned; nothing is trained or
-    written. ``config.threads`` sets torch's CPU threads for the run (restored afterwards).
+    written. With ``resume`` an interrupted run's file is continued: its finished (seed, method) entries are
+    kept, the rest run (:mod:`benchmarks.partial`; ValueError naming the fields where ``config`` differs).
+    ``config.threads`` sets torch's CPU threads for the run (restored afterwards).
     """
     threads_before = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        run = BenchmarkRun(config, command, log_stream if log_stream is not None else sys.stderr)
+        run = BenchmarkRun(config, command, log_stream if log_stream is not None else sys.stderr, resume=resume)
         return run.estimate_only() if estimate_only else run.all()
     finally:
         torch.set_num_threads(threads_before)
 
 
 class BenchmarkRun:
-    """One benchmark run: the data, the protocol's fixed parts, the measured costs, and per seed and method
-    the raw results (records, cost, times) until they are summarised."""
+    """One benchmark run: the data, the protocol's fixed parts, the measured costs, and per method and seed
+    its entry (records, cost, times; summarised once the seed's single-task metrics are known)."""
 
-    def __init__(self, config: RunConfig, command: str, stream: IO[str]):
-        self.config, self.command, self.stream = config, command, stream
+    def __init__(self, config: RunConfig, command: str, stream: IO[str], *, resume: bool = False):
+        self.config, self.command, self.stream, self.resume = config, command, stream, resume
         self.start = time.time()
         self.device = torch.device(config.device)
         self.say(f"{config.benchmark} ({config.mode}): building the data (data seed {config.data_seed}"
@@ -110,9 +116,11 @@ class BenchmarkRun:
         self.hs_index = hs_indices(len(self.preferences), config.hs_preferences)
         self.cost_prefs = protocol.cost_preferences(len(self.tasks), config.cost_preferences)
         self.example = self.bench.test.batch(np.arange(1))[0]
-        self.per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in config.methods}
+        # {method: {seed: entry}}: an entry is finished once written here; "settings" is added by summarise()
+        self.entries: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in config.methods}
         self.single_task: dict[str, Any] = {}
-        self.spaces: list[protocol.LossSpace] = []
+        self.spaces: dict[int, protocol.LossSpace] = {}
+        self.resumed: list[dict[str, Any]] = []
         self.views: dict[str, Any] = {}
         self.settings_dynamic: list[protocol.Setting] = []
         self.skipped: list[dict[str, Any]] = []
@@ -134,8 +142,11 @@ class BenchmarkRun:
             # times as long as with one thread
             self.say(f"the load average is {load:.1f} on {cores} cores and torch uses {torch.get_num_threads()} threads: "
                      "if other processes share the cores, --threads 1 avoids the slowdown of competing threads")
-        self.say("measuring per-step costs on this machine ...")
-        self.costs = measure_costs(self.bench, config, config.calibration_steps)
+        if self.costs:
+            self.say("reusing the per-step costs the interrupted run measured")
+        else:
+            self.say("measuring per-step costs on this machine ...")
+            self.costs = measure_costs(self.bench, config, config.calibration_steps)
         self.est = estimate(config, self.costs, len(self.tasks), len(self.bench.val), self.n_test)
         self.est["setup"] = time.time() - self.start  # data, reference point, this measurement
         self.est["total"] += self.est["setup"]
@@ -160,11 +171,14 @@ class BenchmarkRun:
             self.blind = protocol.input_blind_losses(self.tasks, TensorLoader(self.bench.train, config.eval_batch_size))
             self.say("hypervolume reference point (input-blind losses on the training split): "
                      + ", ".join(f"{n} {v:.4g}" for n, v in zip(self.names, self.blind)))
+        if self.resume:
+            self.restore()
         self.measure()
-        self.clock = RunClock([(seed, name, self.est[name]) for seed in config.seeds for name in config.methods], self.stream)
+        todo = [(seed, name) for seed in config.seeds for name in config.methods if seed not in self.entries[name]]
+        self.clock = RunClock([(seed, name, self.est[name]) for seed, name in todo], self.stream)
         for seed in config.seeds:
             self.seed(seed)
-            results = self.write(complete=seed == config.seeds[-1])
+        results = self.write()
         out_dir = Path(config.out)
         if config.plots:
             from . import plots
@@ -223,14 +237,58 @@ class BenchmarkRun:
                                loss_scales=ctrl.loss_scales, seed=seed)
         raise ValueError(f"unknown method {name!r}")  # make_config rejects unknown names first
 
-    def seed(self, seed: int) -> None:
-        """Train and evaluate every method for one seed, then summarise them against this seed's single-task run."""
+    def restore(self) -> None:
+        """Take over the finished entries of the interrupted run's file (:func:`benchmarks.partial.read_partial`)."""
         config = self.config
+        old = partial.read_partial(config, self.bench.checksum)
+        if old is None:
+            self.say(f"--resume: no results at {partial.results_path(config)}; starting afresh")
+            return
+        self.entries = partial.finished_entries(old, config.methods)
+        self.single_task = dict(old.get("single_task") or {})
+        self.views = old.get("controller_views") or {}
+        described = old.get("protocol") or {}
+        self.settings_dynamic = [protocol.Setting(**s) for s in described.get("settings_dynamic", [])]
+        self.skipped = list(described.get("settings_skipped", []))
+        self.costs = dict(old.get("measured_costs") or {})
+        kept = [[seed, name] for name in config.methods for seed in sorted(self.entries[name])]
+        self.resumed = list(old.get("resumed") or []) + [{"at": _now(), "git": self.git, "kept": kept}]
+        for seed in config.seeds:
+            self.summarise(seed)  # entries that waited for their seed's single-task metrics
+        self.say(f"--resume: kept {len(kept)} finished (seed, method) entries of {partial.results_path(config)}")
+
+    def controller_method(self, seed: int) -> ControllerMethod:
+        """The controller of ``seed``: loaded from the state saved beside the results (its entry is finished)."""
+        method = self.make("dymu", seed, None, None)
+        partial.load_controller_method(method, self.config, seed, self.device)
+        self.say(f"seed {seed}: loaded the trained controller from {partial.controller_path(self.config, seed)}")
+        return method
+
+    def training_totals(self, name: str, method: Method, n_layers: int) -> dict[str, Any]:
+        """Steps, training images and image-block passes of ``method`` (:func:`benchmarks.protocol.training_totals`)."""
+        alloc = protocol.allocation(name, self.config.steps, ablation_weight_hypernet=self.config.ablation_weight_hypernet)
+        nodes = None
+        if name == "static_tree":
+            nodes = [method.tree.n_nodes]
+        elif name == "static_equal_cost":
+            nodes = [tree.tree.n_nodes for tree in method.trees.values()]
+        models = len(self.hs_index) if name == "hard_sharing" else 1
+        return protocol.training_totals(alloc, n_tasks=len(self.tasks), n_layers=n_layers, models=models, tree_nodes=nodes)
+
+    def seed(self, seed: int) -> None:
+        """Train and evaluate every method of one seed that is not finished yet; each entry is summarised against
+        this seed's single-task run as soon as that is known, and the file is rewritten after every method."""
+        config = self.config
+        todo = [name for name in config.methods if seed not in self.entries[name]]
+        if not todo:
+            return
         train, val, test = run_loaders(self.bench, config, seed)
-        dymu_method: ControllerMethod | None = None
-        dymu_cost: dict[str, Any] | None = None
-        raw: dict[str, tuple[list[protocol.ModelRecord], dict[str, Any] | None]] = {}
-        for name in config.methods:
+        # every other method starts from the seed's trained controller: train it, or load it when it is finished
+        dymu_method: ControllerMethod | None = None if "dymu" in todo else self.controller_method(seed)
+        dymu_cost: dict[str, Any] | None = self.entries["dymu"].get(seed, {}).get("cost")
+        if dymu_method is not None:
+            self.dynamic_settings(dymu_method, seed)
+        for name in todo:
             job = len(self.clock.finished)
             started = self.clock.begin(job)
             method = self.make(name, seed, dymu_method, dymu_cost)
@@ -238,9 +296,8 @@ class BenchmarkRun:
             fit_seconds = time.time() - started
             if name == "dymu":
                 dymu_method = method
-                self.settings_dynamic, self.skipped = protocol.settings_for(method)
-                if seed == config.seeds[0]:
-                    self.views = controller_views(method.controller, config)
+                partial.save_controller_method(method, config, seed)
+                self.dynamic_settings(method, seed)
             settings = protocol.settings_for(method)[0]
             if name in C_ONLY:
                 settings = [s for s in settings if s.c is not None]
@@ -253,24 +310,46 @@ class BenchmarkRun:
             if name == "dymu":
                 dymu_cost = cost
             entry: dict[str, Any] = {"seed": seed, "train_seconds": method.train_seconds, "size": method.size(),
-                                     "records": [r.as_dict() for r in records], "cost": cost}
+                                     "records": [r.as_dict() for r in records], "cost": cost,
+                                     "training_totals": self.training_totals(name, method, dymu_method.controller.n_layers)}
             if name == "hard_sharing":
                 entry["train_seconds_all_preferences"] = method.train_seconds * len(self.preferences) / len(self.hs_index)
             if name == "static_tree":
                 entry.update(tree=method.tree.to_dict(), extra_share=method.extra_share)
-            self.per_seed[name].append(entry)
-            raw[name] = (records, cost)
+            if name == "single_task":
+                # the reference of the seed's loss space and Delta_MTL (records keep no metrics in the file)
+                self.single_task[str(seed)] = records[0].metrics
+            # which code produced the entry, and when: a resumed run's entries can come from several commits
+            entry.update(git=self.git, finished_at=_now())
+            self.entries[name][seed] = entry
+            self.summarise(seed)
             self.clock.end(job, started)
-        st_metrics = raw["single_task"][0][0].metrics
-        self.single_task[str(seed)] = st_metrics
-        space = protocol.loss_space(config.benchmark, [st_metrics[n]["loss"] for n in self.names], self.blind)
-        self.spaces.append(space)
+            self.write()
+
+    def dynamic_settings(self, method: ControllerMethod, seed: int) -> None:
+        """The controller's settings (the same for every seed) and, from the first seed's, the plot views."""
+        self.settings_dynamic, self.skipped = protocol.settings_for(method)
+        if seed == self.config.seeds[0] and not self.views:
+            self.views = controller_views(method.controller, self.config)
+
+    def summarise(self, seed: int) -> None:
+        """Summarise every finished, unsummarised entry of ``seed`` (from this run or the file) once the seed's
+        single-task metrics are known; the controller's equal-cost comparison once both sides are summarised."""
+        st_metrics = self.single_task.get(str(seed))
+        if st_metrics is None:
+            return
+        if seed not in self.spaces:
+            self.spaces[seed] = protocol.loss_space(self.config.benchmark, [st_metrics[n]["loss"] for n in self.names], self.blind)
+        space = self.spaces[seed]
         subset = self.preferences[self.hs_index] if len(self.hs_index) < len(self.preferences) else None
-        for name, (records, cost) in raw.items():
-            self.per_seed[name][-1]["settings"] = protocol.summarise(records, self.tasks, space, st_metrics, cost, subset=subset)
-        if "static_equal_cost" in raw:
-            self.per_seed["dymu"][-1]["equal_cost"] = protocol.compare_at_equal_cost(
-                self.per_seed["dymu"][-1]["settings"], self.per_seed["static_equal_cost"][-1]["settings"])
+        for name in self.config.methods:
+            entry = self.entries[name].get(seed)
+            if entry is not None and "settings" not in entry:
+                records = [protocol.ModelRecord.from_dict(r) for r in entry["records"]]
+                entry["settings"] = protocol.summarise(records, self.tasks, space, st_metrics, entry["cost"], subset=subset)
+        ours, static = self.entries["dymu"].get(seed), self.entries.get("static_equal_cost", {}).get(seed)
+        if ours and static and "settings" in ours and "settings" in static and "equal_cost" not in ours:
+            ours["equal_cost"] = protocol.compare_at_equal_cost(ours["settings"], static["settings"])
 
     # -------------------------------------------------------------------------------- results
     def notes(self) -> list[str]:
@@ -306,6 +385,7 @@ class BenchmarkRun:
             "mean_flops": top["mean_flops"],
             "params": top["params"],
             "train_seconds": protocol.aggregate([e["train_seconds"] for e in entries]),
+            "training_totals": protocol.aggregate([e["training_totals"] for e in entries]),
             "size": protocol.aggregate([e["size"] for e in entries]),
             "settings": settings,
             "seeds": [e["seed"] for e in entries],
@@ -333,7 +413,7 @@ class BenchmarkRun:
             if k < n:
                 row["trained_preferences_note"] = (
                     f"hard sharing was trained for {k} of the {n} evaluation preferences (indices {self.hs_index}, evenly "
-                    f"spread), each for the same {self.config.steps.anchor} steps, to fit the time budget. Its hv, uniformity "
+                    f"spread), each for the run's {self.config.steps.total} steps, to fit the time budget. Its hv, uniformity "
                     f"and controllability are over those {k} models only (fewer points: compare its hv with the other "
                     f"methods' hv_subset, taken over the same preferences); train_seconds is the measured time of those "
                     f"models, train_seconds_all_preferences extrapolates it to all {n}."
@@ -343,20 +423,33 @@ class BenchmarkRun:
             row["extra_share"] = [e["extra_share"] for e in entries]
         return row
 
-    def write(self, *, complete: bool) -> dict[str, Any]:
-        """The results of the seeds done so far, written to ``OUT/<stem>.json``."""
-        config, space = self.config, self.spaces[0]
-        methods = {name: self.method_row(name, entries, space) for name, entries in self.per_seed.items() if entries}
+    def write(self) -> dict[str, Any]:
+        """The results of the (seed, method) entries finished so far, written to ``OUT/<stem>.json``.
+
+        Summarised entries go into their method's row; entries still waiting for their seed's single-task
+        metrics into ``pending`` (a resumed run summarises them). ``complete``: every entry is finished.
+        """
+        config = self.config
+        seeds = {name: [s for s in config.seeds if s in self.entries[name]] for name in config.methods}
+        done = {name: [self.entries[name][s] for s in seeds[name] if "settings" in self.entries[name][s]] for name in config.methods}
+        pending = {name: [self.entries[name][s] for s in seeds[name] if "settings" not in self.entries[name][s]]
+                   for name in config.methods}
+        space = next((self.spaces[s] for s in config.seeds if s in self.spaces), None)
+        methods = {name: self.method_row(name, entries, space) for name, entries in done.items() if entries} if space else {}
+        budget = config.steps
         results: dict[str, Any] = {
             "benchmark": config.benchmark,
             "mode": config.mode,
-            "complete": complete,
+            "complete": all(len(seeds[name]) == len(config.seeds) for name in config.methods),
             "command": self.command,
-            "seeds": [e["seed"] for e in self.per_seed["dymu"]],
+            "seeds": [s for s in config.seeds if s in self.entries["dymu"]],
             "config": config.as_dict(),
             "steps": asdict(config.steps),
+            "training_budget": {"rule": protocol.TRAINING_BUDGET_RULE, "steps": budget.total,
+                                "images": budget.total * budget.batch_size},
             "versions": versions(),
             "git": self.git,
+            "resumed": self.resumed,
             "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
             "data": {"checksum": self.bench.checksum,
@@ -366,11 +459,13 @@ class BenchmarkRun:
             "tasks": self.names,
             "primary_metrics": {t.name: t.primary for t in self.tasks},
             "higher_is_better": {t.name: t.higher_is_better for t in self.tasks},
-            "protocol": protocol.describe(space, self.preferences, self.settings_dynamic, self.skipped, config.cost_preferences),
+            "protocol": protocol.describe(space, self.preferences, self.settings_dynamic, self.skipped, config.cost_preferences)
+                        if space else None,
             "single_task": self.single_task,
             "methods": methods,
-            "targets": protocol.check_targets(methods, hv_reference=list(space.reference)),
-            "control_targets": protocol.check_control_targets(methods),
+            "pending": {name: entries for name, entries in pending.items() if entries},
+            "targets": protocol.check_targets(methods, hv_reference=list(space.reference)) if space else [],
+            "control_targets": protocol.check_control_targets(methods) if space else [],
             "controller_views": self.views,
             "measured_costs": self.costs,
             "estimate_seconds": self.est,
@@ -379,3 +474,8 @@ class BenchmarkRun:
         }
         write_json(Path(config.out) / f"{config.stem}.json", results)
         return results
+
+
+def _now() -> str:
+    """The current time, UTC, ISO 8601 (when an entry finished)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

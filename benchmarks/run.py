@@ -7,15 +7,17 @@ Usage::
     python -m benchmarks.run multifashion --full --estimate-only   # measure per-step costs, print the estimate
     dymu bench multifashion --quick                        # the same, through the package's command
 
-Writes ``OUT/NAME.json`` (``OUT/NAME-quick.json`` in quick mode) and PNG plots beside it, prints progress
-(method, seed, ETA) on stderr and a markdown table of the results on stdout.
+Writes ``OUT/NAME.json`` (``OUT/NAME-quick.json`` in quick mode; rewritten after every method) and PNG plots
+beside it, prints progress (method, seed, ETA) on stderr and a markdown table of the results on stdout. Each
+seed's trained controller is saved in ``OUT/NAME-state/``; ``--resume`` continues an interrupted run from
+both, keeping its finished (seed, method) entries (each says the commit it ran on and when it finished).
 
 Methods (``--methods`` picks a subset; the controller and the single-task streams always run, because the
 others use its anchor: loss scales, task affinity, single-task baselines):
 
 ============================  ==========================================================================
 ``dymu``                      the controller (anchor, edge hypernet, weight hypernet)
-``single_task``               its anchor's streams, each on its own task (stage 0 of the controller)
+``single_task``               its stage-0 streams, each on its own task, trained on to the full budget
 ``dymu_paper``                the paper's control (resource preference ``c``, its regulariser) on the same anchor
 ``dymu_no_weight_hypernet``   the same controller, trees built without the weight hypernet
 ``dymu_no_inactive``          ablation: no inactive-task loss (own edge hypernet, shared anchor)
@@ -23,7 +25,7 @@ others use its anchor: loss scales, task affinity, single-task baselines):
 ``dymu_all_active``           ablation: every task counts as active
 ``phn`` / ``phn_bn``          Pareto HyperNetworks: all weights / only BatchNorm parameters from the hypernet
 ``static_tree``               a static affinity tree at the controller's mean ``c = 0`` cost, trained once
-``static_equal_cost``         one static affinity tree per controller budget (dynamic against static at equal cost)
+``static_equal_cost``         a static affinity tree per FLOP budget, for "dynamic beats static at equal cost"
 ``distilled_trunk``           one hard-sharing trunk distilled from the single-task streams (Li & Bilen 2020),
                               trained once for the controller's total steps less stage 0's (its teachers')
 ``cross_stitch``              N task streams mixed by cross-stitch units after every block (Misra et al. 2016),
@@ -39,8 +41,12 @@ are equal networks, evaluated once); ``--ablations-with-weight-hypernet`` trains
 Ablations and ``dymu_no_weight_hypernet`` are evaluated at c = 0 and c = 1 (the paper's settings), the
 controller also at the budgets.
 
-Step budgets (:class:`benchmarks.methods.StepBudget`, the same for every method; hypernetwork baselines
-get the controller's total): see :data:`MODES`. Every method sees the same data, batch size and seed.
+Training budget (:data:`benchmarks.protocol.TRAINING_BUDGET_RULE`): every method's training, counting what
+it depends on, sees as many training images as the controller's stages together (``StepBudget.total``
+steps of the same batch size; the steps per stage: see :data:`MODES`): PHN, PHN-BN, every hard-sharing model
+and every static tree train for ``total`` steps, the single-task streams continue stage 0 for the rest. The
+results record every method's steps, images and image-block passes. Every method sees the same data, batch
+size and seed.
 The data set is built once with ``--data-seed`` (default 0); the seed of a run sets the initialisations,
 the order of the training batches and the sampled training preferences.
 
@@ -77,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help="three seeds, the full budgets")
     parser.set_defaults(mode="quick")
     parser.add_argument("--estimate-only", action="store_true", help="measure per-step costs, print the estimate, stop")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run with the same options from OUT/NAME.json and the controllers "
+                             "saved beside it: finished (seed, method) entries are kept, the rest run (more methods may be added)")
     # every other option is a RunConfig field; given ones override the preset of the benchmark and mode
     add_options(parser, RunConfig, overrides_only=True)
     return parser
@@ -88,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = make_config(args.benchmark, args.mode, **overrides(RunConfig, args))
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv)
-    results = run_benchmark(config, command=command, estimate_only=args.estimate_only)
+    results = run_benchmark(config, command=command, estimate_only=args.estimate_only, resume=args.resume)
     if args.estimate_only:
         return 0
     print(format_markdown(results))

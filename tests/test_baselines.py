@@ -307,9 +307,10 @@ def test_distilled_trunk_distils_and_serves_a_plain_hard_sharing_network():
 
 def test_distilled_trunk_without_distillation_is_hard_sharing_training():
     tasks, data = _tasks(), _batches(n_batches=3)
-    steps = StepBudget(anchor=3, edge=2, weights=1)  # the trunk trains total - anchor = 3 steps, as hard sharing
+    steps = StepBudget(anchor=3, edge=2, weights=1)  # the trunk trains total - anchor = 3 steps
     scales = [1.0, 2.0]
-    hard = HardSharing(_backbone, tasks, steps, [[0.5, 0.5]], loss_scales=scales, seed=4)
+    # hard sharing trains for the total: 3 steps here too
+    hard = HardSharing(_backbone, tasks, StepBudget(anchor=1, edge=1, weights=1), [[0.5, 0.5]], loss_scales=scales, seed=4)
     hard.fit(data, data[:1], device=CPU, verbose=False)
     runs = {}
     for weight in (0.0, 1.0):

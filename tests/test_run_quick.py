@@ -32,6 +32,14 @@ def test_the_results_file_holds_every_required_field_for_every_method(tiny_run):
     assert results["command"].endswith(" ".join(argv))
     assert set(results["versions"]) >= {"python", "torch", "numpy", "dymu"}
     assert results["steps"] == {"anchor": 2, "edge": 2, "weights": 2, "batch_size": 16, "supernet": 0}
+    # the equal training budget: every method's training sees the controller's 6 steps x 16 images
+    assert results["training_budget"]["steps"] == 6 and results["training_budget"]["images"] == 96
+    for name, row in results["methods"].items():
+        totals = row["per_seed"][0]["training_totals"]
+        assert totals["budget_steps"] == 6 and totals["block_passes"] > 0, name
+        assert totals["equal_budget"] is (name not in ("dymu_no_weight_hypernet", *run.ABLATIONS)), name
+    assert results["methods"]["static_equal_cost"]["per_seed"][0]["training_totals"]["models"] == 2
+    assert results["methods"]["hard_sharing"]["per_seed"][0]["training_totals"]["images_all"] == 2 * 96
     assert set(results["methods"]) == set(run.METHODS)
     for name, row in results["methods"].items():
         for key in REQUIRED:
@@ -92,6 +100,8 @@ def test_the_markdown_table_has_a_row_per_method_and_setting(tiny_run):
     assert "| dymu | budget=min |" in table and "| phn | static |" in table and "reference point (2, 2)" in table
     assert table.count("\n- [") == len(results["targets"]) + len(results["control_targets"])
     assert "| budget=0.6 |" in table and "wins vs static tree" in table
+    assert "train images (k)" in table and "Training budget: equal training images" in table
+    assert "Below the budget by construction (variants of the trained controller): dymu_no_weight_hypernet" in table
 
 
 def test_configs_reject_unknown_names_and_mark_changed_budgets():

@@ -2,7 +2,8 @@
 
 One :class:`~benchmarks.baselines.StaticTree` per budget ``b``, each the largest affinity tree whose FLOPs
 fit ``b`` times the anchor's, heads included (the budget the controller's ``build_model`` guarantees), each
-trained jointly on the equal preference for the run's static step budget.
+trained jointly on the equal preference for the run's total steps (each tree alone answers its budget:
+:data:`benchmarks.protocol.TRAINING_BUDGET_RULE`).
 
 >>> from dymu.budget import CostTable
 >>> table = CostTable((10, 10), (1, 1), (5, 5, 5), (1, 1, 1), (1, 8, 8))   # 3 tasks, 2 layers, anchor 75 FLOPs

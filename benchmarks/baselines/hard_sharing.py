@@ -14,6 +14,7 @@ from dymu.preferences import normalize_preferences
 from dymu.tasks import Task, check_tasks
 
 from ..methods import Method, StepBudget
+from ..protocol.training_budget import allocation
 from .common import (
     BackboneFactory,
     as_loss_scales,
@@ -36,7 +37,8 @@ class HardSharing(Method):
         backbone_factory: builds a fresh :class:`~dymu.backbones.BlockBackbone` (the same family as the
             controller's streams).
         tasks: the N tasks.
-        steps: the step budget; every model trains for ``steps.anchor`` steps.
+        steps: the step budget; every model trains for ``steps.total`` steps (the equal training budget,
+            :data:`benchmarks.protocol.TRAINING_BUDGET_RULE`: each model alone answers its preference).
         preferences: ``[P, N]`` the preferences to train a model for (the evaluation preferences); each
             row is normalised onto the simplex.
         loss_scales: ``w_i`` ``[N]``. Default: ``1 / L_i`` of the untrained network on (at most
@@ -101,7 +103,7 @@ class HardSharing(Method):
             weights = torch.tensor(r, dtype=torch.float32) * self.loss_scales
             desc = f"{self.name} {p + 1}/{len(self.preferences)}"
             result = train_static(
-                model, self.tasks, train, val_batches, weights, steps=self.steps.anchor, device=device,
+                model, self.tasks, train, val_batches, weights, steps=allocation("hard_sharing", self.steps).steps, device=device,
                 lr=self.lr, weight_decay=self.weight_decay, eval_every=self.eval_every, desc=desc, verbose=verbose,
             )
             model.info.update({"method": self.name, "preference": r.tolist()})

@@ -17,6 +17,7 @@ from dymu.preferences import normalize_preferences
 from dymu.tasks import Task, check_tasks
 
 from ..methods import Method, StepBudget
+from ..protocol.training_budget import allocation
 from .common import (
     BackboneFactory,
     as_loss_scales,
@@ -39,7 +40,8 @@ class StaticTree(Method):
         backbone_factory: builds a fresh :class:`~dymu.backbones.BlockBackbone`; block ``l`` of it is one
             node of layer ``l``.
         tasks: the N tasks (the affinity's tasks, same order).
-        steps: the step budget; the network trains for ``steps.anchor`` steps.
+        steps: the step budget; the network trains for ``steps.total`` steps (the equal training budget,
+            :data:`benchmarks.protocol.TRAINING_BUDGET_RULE`).
         affinity: an :class:`affinity.AffinityResult` (e.g. the controller's ``affinity``), or per-layer
             affinities ``[L, N, N]``.
         extra_share: in ``[0, 1]``, the share of the anchor's extra FLOPs over hard sharing that the tree may
@@ -107,7 +109,7 @@ class StaticTree(Method):
         n = len(self.tasks)
         weights = self.loss_scales / n
         self.result = train_static(
-            model, self.tasks, train, val_batches, weights, steps=self.steps.anchor, device=device,
+            model, self.tasks, train, val_batches, weights, steps=allocation("static_tree", self.steps).steps, device=device,
             lr=self.lr, weight_decay=self.weight_decay, eval_every=self.eval_every, desc=self.name, verbose=verbose,
         )
         model.info.update({"method": self.name, "extra_share": self.extra_share, "tree": self.tree.to_dict()})

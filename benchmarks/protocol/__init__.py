@@ -2,19 +2,20 @@
 pipelines (``cifar100``, ``nyuv2``, ``pascal_context``): one package, so that both produce the same numbers
 under the same JSON keys from the same code.
 
-=======================================  ===================================================================
-module                                   idea
-=======================================  ===================================================================
-:mod:`~benchmarks.protocol.requests`     evaluation and cost preferences, the settings (``c`` / budget)
-:mod:`~benchmarks.protocol.loss_space`   hypervolume reference point and the losses uniformity sees
-:mod:`~benchmarks.protocol.records`      built models measured on the test split
-:mod:`~benchmarks.protocol.cost`         mean planned cost over preferences
-:mod:`~benchmarks.protocol.summary`      per-setting numbers (HV with its reference point, uniformity,
-                                         controllability, Delta_MTL, cost) and their mean over seeds
-:mod:`~benchmarks.protocol.equal_cost`   dynamic against static trees of no more FLOPs, per preference
-:mod:`~benchmarks.protocol.targets`      the issues' targets
-:mod:`~benchmarks.protocol.report`       the ``protocol`` entry of a results file, the printed tables
-=======================================  ===================================================================
+=============================================  ===================================================================
+module                                         idea
+=============================================  ===================================================================
+:mod:`~benchmarks.protocol.requests`           evaluation and cost preferences, the settings (``c`` / budget)
+:mod:`~benchmarks.protocol.loss_space`         hypervolume reference point and the losses uniformity sees
+:mod:`~benchmarks.protocol.records`            built models measured on the test split
+:mod:`~benchmarks.protocol.cost`               mean planned cost over preferences
+:mod:`~benchmarks.protocol.summary`            per-setting numbers (HV with its reference point, uniformity,
+                                               controllability, Delta_MTL, cost) and their mean over seeds
+:mod:`~benchmarks.protocol.equal_cost`         dynamic against static trees of no more FLOPs, per preference
+:mod:`~benchmarks.protocol.targets`            the issues' targets
+:mod:`~benchmarks.protocol.training_budget`    the equal training budget rule, each method's training totals
+:mod:`~benchmarks.protocol.report`             the ``protocol`` entry of a results file, the printed tables
+=============================================  ===================================================================
 
 What is measured, for every method (a :class:`benchmarks.methods.Method`) and every seed:
 
@@ -70,6 +71,11 @@ Metrics per setting (:func:`summarise`)
     ``size``: parameters the method stores to serve every preference (:meth:`Method.size`).
     ``train_seconds``: wall time of ``Method.fit``.
 
+Training budget (:func:`allocation`, :func:`training_totals`)
+    :data:`TRAINING_BUDGET_RULE`: every method's training, counting what it depends on, sees
+    ``StepBudget.total x batch_size`` training images (each per-preference or per-budget model alone).
+    Per method and seed the results record its steps, training images and image-block passes.
+
 Seeds (:func:`aggregate`)
     Every number above is computed per seed, then reported as its mean and standard deviation over
     seeds (sample standard deviation; ``None`` with a single seed).
@@ -79,7 +85,7 @@ Control (:func:`compare_at_equal_cost`, :func:`planned_cost`)
     evaluation preferences got) and ``fallback_fraction`` (the share merged after the hypernet). Dynamic
     against static at equal cost: at the budgets :data:`EQUAL_COST_BUDGETS` (0.4, 0.6, 0.8) a static
     affinity tree of no more FLOPs (heads included) is trained jointly on the equal preference for the
-    static step budget, and for each evaluation preference the controller's preference-weighted normalised
+    run's total steps, and for each evaluation preference the controller's preference-weighted normalised
     test loss ``sum_i r_i L_i / L_i(single task)`` is compared with the static tree's; ``win_fraction`` is
     the share of preferences the controller wins. The cost follows the budget: over the cost preferences
     the planned mean FLOPs at each budget of :data:`COST_BUDGETS` (0.3, 0.5, 0.7, 0.9) and the share of
@@ -95,7 +101,7 @@ Targets (:func:`check_targets`, :func:`check_control_targets`)
 from __future__ import annotations
 
 from . import cost as _cost, equal_cost as _equal_cost, loss_space as _loss_space, records as _records, report as _report
-from . import requests as _requests, summary as _summary, targets as _targets
+from . import requests as _requests, summary as _summary, targets as _targets, training_budget as _training_budget
 from .cost import COST_BAND, COST_BUDGETS, planned_cost
 from .equal_cost import EQUAL_COST_BUDGETS, WIN_TARGET, budget_setting, compare_at_equal_cost
 from .loss_space import HV_REFERENCE, HV_REFERENCE_FACTOR, INPUT_BLIND_RULE, LossSpace, hv_of, input_blind_losses, loss_space, normalised_loss_space
@@ -122,7 +128,8 @@ from .requests import (
 )
 from .summary import METRICS, aggregate, preference_losses, summarise
 from .targets import check_control_targets, check_targets
+from .training_budget import TRAINING_BUDGET_RULE, Allocation, Part, allocation, training_totals
 
 # The package exports exactly what its modules export: each name is listed once, in its own module.
-_MODULES = (_requests, _loss_space, _records, _cost, _equal_cost, _summary, _targets, _report)
+_MODULES = (_requests, _loss_space, _records, _cost, _equal_cost, _summary, _targets, _report, _training_budget)
 __all__ = [name for module in _MODULES for name in module.__all__]

@@ -58,6 +58,15 @@ class ModelRecord:
             "flops": self.flops, "params": self.params, "info": self.info,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelRecord:
+        """The record :meth:`as_dict` wrote (a results file's ``records``), for summarising it again.
+        ``metrics`` is not in the file and comes back empty: :func:`~benchmarks.protocol.summarise` reads
+        only the losses and primary metrics."""
+        return cls(setting=data["setting"], preference=list(data["preference"]), losses=list(data["losses"]),
+                   primary=list(data["primary"]), metrics={}, flops=data["flops"], params=data["params"],
+                   info=dict(data.get("info") or {}))
+
     @property
     def n_nodes(self) -> int | None:
         """Distinct nodes of its tree (None without a tree)."""

@@ -85,8 +85,9 @@ def format_markdown(results: dict[str, Any]) -> str:
         f"reference point {ref}; mean ± std over seeds)",
         "",
         f"| method | setting | {hv_header(space)} |" + (" HV, hard-sharing prefs |" if subset else "")
-        + " uniformity | controllability | ΔMTL % | MFLOPs | params (k) | stored (k) | train s |",
-        "|---|---|---|" + ("---|" if subset else "") + "---|---|---|---|---|---|---|",
+        + " uniformity | controllability | ΔMTL % | MFLOPs | params (k) | stored (k) | train s | train steps |"
+        " train images (k) | block passes (M) |",
+        "|---|---|---|" + ("---|" if subset else "") + "---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["methods"].items():
         settings = row["settings"]
@@ -101,10 +102,12 @@ def format_markdown(results: dict[str, Any]) -> str:
                 n_all = len(results["protocol"]["evaluation_preferences"])
                 train += f" (all {n_all}: {_pm(row['train_seconds_all_preferences'], '.0f')})"
             cells += [_pm(m["uniformity"], ".4f"), _pm(m["controllability"], ".3f"), _pm(m["delta_mtl"], "+.2f"),
-                      _pm(m["mean_flops"], ".2f", 1e-6), _pm(m["params"], ".1f", 1e-3), _pm(row["size"], ".1f", 1e-3), train]
+                      _pm(m["mean_flops"], ".2f", 1e-6), _pm(m["params"], ".1f", 1e-3), _pm(row["size"], ".1f", 1e-3), train,
+                      *_training_cells(row.get("training_totals"))]
             lines.append("| " + " | ".join(cells) + " |")
     if subset and hs.get("trained_preferences_note"):
         lines += ["", hs["trained_preferences_note"]]
+    lines += _training_budget_lines(results)
     lines += _control_table(results)
     for title, key in (("Targets:", "targets"), ("Control targets:", "control_targets")):
         if key not in results:
@@ -116,6 +119,32 @@ def format_markdown(results: dict[str, Any]) -> str:
             shown = ", ".join(f"{k}={_short(v)}" for k, v in numbers.items() if k not in ("c", "note"))
             lines.append(f"- [{mark}] {t['target']}: {shown}")
     return "\n".join(lines)
+
+
+def _training_cells(totals: dict[str, Any] | None) -> list[str]:
+    """Steps and training images of one model's training (× its models), image-block passes over all models."""
+    if not totals:
+        return ["–", "–", "–"]
+    models = (totals.get("models") or {}).get("mean") or 1
+    times = f" × {models:.0f}" if models > 1 else ""
+    return [_pm(totals["steps"], ".0f") + times, _pm(totals["images"], ".1f", 1e-3) + times,
+            _pm(totals["block_passes"], ".1f", 1e-6)]
+
+
+def _training_budget_lines(results: dict[str, Any]) -> list[str]:
+    """The training budget rule the run followed, and the methods below it by construction."""
+    budget = results.get("training_budget")
+    if not budget:
+        return []
+    below = [name for name, row in results["methods"].items()
+             if row.get("training_totals") and row["training_totals"].get("equal_budget") is False]
+    lines = ["", f"Training budget: {budget['rule']} ({budget['steps']} steps, {budget['images']} images). "
+                 "train steps / images: one model's training, the parts it reuses included (× the models it trains); "
+                 "block passes: training images × backbone blocks run per image, over all its models (computed; the "
+                 "controller's weight stage counted at every stream, an upper bound)."]
+    if below:
+        lines.append(f"Below the budget by construction (variants of the trained controller): {', '.join(below)}.")
+    return lines
 
 
 def _control_table(results: dict[str, Any]) -> list[str]:

@@ -1,0 +1,140 @@
+"""Resuming an interrupted benchmark run (``python -m benchmarks.run ... --resume``): what its partial results
+file holds, whether this run may continue it, and the trained controllers saved beside it.
+
+A run writes ``OUT/<stem>.json`` after every method and, after training the controller of a seed, saves it to
+``OUT/<stem>-state/seed{N}-dymu.pt`` (and its frozen stage-0 streams, when the method keeps a ``teacher``, to
+``seed{N}-teacher.pt``): every other method of the seed starts from that controller (loss scales, affinity,
+anchor), so a resumed run loads it instead of training it again.
+
+>>> old = {"seeds": [0], "steps": {"anchor": 2}, "methods": ["dymu", "single_task"], "plots": True}
+>>> config_differences(old, {"seeds": [0, 1], "steps": {"anchor": 3}, "methods": ["dymu", "single_task", "phn"], "plots": False})
+['seeds (file [0], now [0, 1])', "steps (file {'anchor': 2}, now {'anchor': 3})"]
+>>> config_differences(old, {**old, "methods": ["dymu"]})
+["methods (the file has ['single_task'] that this run lacks: a resumed run may only add methods)"]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import dymu
+from dymu.checkpoint import atomic_torch_save
+
+from .config import RunConfig
+
+__all__ = ["IGNORED_FIELDS", "results_path", "state_dir", "controller_path", "teacher_path", "config_differences",
+           "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
+
+#: RunConfig fields a resumed run may change, and why: none of them changes a number of a finished entry
+IGNORED_FIELDS: dict[str, str] = {
+    "methods": "a resumed run may add methods (it may not drop finished ones)",
+    "plots": "drawn at the end from the whole file",
+    "threads": "how fast, not what, is computed",
+    "calibration_steps": "only the time estimate uses them",
+    "data_root": "where the same files lie; the data checksum is compared instead",
+    "out": "the file is read from where this run writes",
+}
+
+
+def results_path(config: RunConfig) -> Path:
+    """``OUT/<stem>.json``."""
+    return Path(config.out) / f"{config.stem}.json"
+
+
+def state_dir(config: RunConfig) -> Path:
+    """``OUT/<stem>-state``: the trained controllers of the run, one file per seed."""
+    return Path(config.out) / f"{config.stem}-state"
+
+
+def controller_path(config: RunConfig, seed: int) -> Path:
+    return state_dir(config) / f"seed{seed}-dymu.pt"
+
+
+def teacher_path(config: RunConfig, seed: int) -> Path:
+    return state_dir(config) / f"seed{seed}-teacher.pt"
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The fields (``RunConfig.as_dict()``) where ``new`` may not continue ``old``, each with both values."""
+    out = []
+    for key in sorted(set(old) | set(new), key=lambda k: (list(new).index(k) if k in new else len(new), k)):
+        if key == "methods":
+            dropped = [m for m in old.get("methods", []) if m not in new.get("methods", [])]
+            if dropped:
+                out.append(f"methods (the file has {dropped} that this run lacks: a resumed run may only add methods)")
+        elif key not in IGNORED_FIELDS and old.get(key) != new.get(key):
+            out.append(f"{key} (file {old.get(key)!r}, now {new.get(key)!r})")
+    return out
+
+
+def read_partial(config: RunConfig, data_checksum: str | None) -> dict[str, Any] | None:
+    """The results file this run would write, if there is one and ``config`` may continue it; None without one.
+
+    Raises:
+        ValueError: the file was written with a config this run may not continue (naming every differing
+            field), or from different data.
+    """
+    path = results_path(config)
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    differences = config_differences(old.get("config", {}), config.as_dict())
+    if differences:
+        raise ValueError(f"--resume: {path} was written by a run with a different config: " + "; ".join(differences)
+                         + ". Resume with the same options, or write to another --out.")
+    old_checksum = (old.get("data") or {}).get("checksum")
+    if data_checksum is not None and old_checksum is not None and old_checksum != data_checksum:
+        raise ValueError(f"--resume: {path} was computed on other data (checksum {old_checksum}, now {data_checksum})")
+    return old
+
+
+def finished_entries(results: Mapping[str, Any], methods: Sequence[str]) -> dict[str, dict[int, dict[str, Any]]]:
+    """The per-seed entries of a results file, records included: ``{method: {seed: entry}}``.
+
+    Summarised entries are in ``methods[name]["per_seed"]`` (records in ``methods[name]["records"]``, same
+    order); entries still waiting for their seed's single-task metrics in ``pending``.
+    """
+    out: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in methods}
+    for name, row in (results.get("methods") or {}).items():
+        for entry, records in zip(row["per_seed"], row["records"]):
+            out.setdefault(name, {})[int(entry["seed"])] = {**entry, "records": records}
+    for name, entries in (results.get("pending") or {}).items():
+        for entry in entries:
+            out.setdefault(name, {})[int(entry["seed"])] = dict(entry)
+    return out
+
+
+def save_controller_method(method: Any, config: RunConfig, seed: int) -> Path:
+    """Save the trained controller of ``method`` (a :class:`~benchmarks.methods.ControllerMethod`), and its
+    stage-0 ``teacher`` when it has one, beside the results file."""
+    path = method.controller.save(controller_path(config, seed))
+    teacher = getattr(method, "teacher", None)
+    if teacher is not None:
+        atomic_torch_save(teacher.state_dict(), teacher_path(config, seed))
+    return path
+
+
+def load_controller_method(method: Any, config: RunConfig, seed: int, device: torch.device) -> None:
+    """Give ``method`` (a fresh :class:`~benchmarks.methods.ControllerMethod`) the controller saved for
+    ``seed`` (and its ``teacher``, when one was saved).
+
+    Raises:
+        FileNotFoundError: no controller was saved for the seed.
+    """
+    path = controller_path(config, seed)
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: the controller of seed {seed} is finished in {results_path(config)} but "
+                                f"its trained state is not at {path}; run afresh without --resume")
+    fresh = method.make_controller()  # the tasks and backbone this run builds; the weights come from the file
+    ctrl = dymu.Controller.load(path, tasks=fresh.tasks, backbone=copy.deepcopy(fresh.anchor.backbone)).to(device)
+    method.controller = ctrl
+    if teacher_path(config, seed).exists():
+        teacher = copy.deepcopy(ctrl.anchor)
+        teacher.load_state_dict(torch.load(teacher_path(config, seed), map_location=device, weights_only=True))
+        method.teacher = teacher.eval()

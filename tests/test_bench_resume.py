@@ -1,0 +1,100 @@
+"""An interrupted benchmark run resumed with ``--resume``: finished (seed, method) entries are kept as they are,
+not retrained, and the rest run; a different config is refused, naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import run
+from benchmarks.baselines import PHN, HardSharing
+from benchmarks.methods import ControllerMethod, SingleTask
+from dymu.data import write_synthetic_sources
+
+STEM = "multifashion-quick-custom"
+
+
+def _argv(root, out, *extra: str) -> list[str]:
+    return ["multifashion", "--data-root", str(root), "--out", str(out), "--steps", "2", "2", "2", "--n-preferences", "3",
+            "--hs-preferences", "2", "--test-examples", "20", "--cost-preferences", "6", "--batch-size", "16",
+            "--eval-batch-size", "20", "--calibration-steps", "1", "--threads", "1", "--no-plots", *extra]
+
+
+def _killed(name: str):
+    def fit(self, *args, **kwargs):
+        raise KeyboardInterrupt(f"killed while training {name}")
+    return fit
+
+
+def _not_again(name: str):
+    def fit(self, *args, **kwargs):
+        raise AssertionError(f"{name} is finished in the file and must not be trained again")
+    return fit
+
+
+def _kept(results: dict, name: str) -> str:
+    """A method's per-seed entries with their records, as the file holds them."""
+    row = results["methods"][name]
+    return json.dumps([row["per_seed"], row["records"]], sort_keys=True)
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_methods(tmp_path, monkeypatch):
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    out = tmp_path / "results"
+    path = out / f"{STEM}.json"
+    methods = ["--methods", "phn", "hard_sharing"]
+
+    # 1. killed in single_task: the controller's entry waits for the seed's single-task metrics
+    with monkeypatch.context() as patch:
+        patch.setattr(SingleTask, "fit", _killed("single_task"))
+        with pytest.raises(KeyboardInterrupt):
+            run.main(_argv(root, out, *methods))
+    first = json.loads(path.read_text())
+    assert first["complete"] is False and first["methods"] == {} and list(first["pending"]) == ["dymu"]
+    assert (out / f"{STEM}-state" / "seed0-dymu.pt").exists()
+    dymu_entry = first["pending"]["dymu"][0]
+    assert dymu_entry["git"] == first["git"] and dymu_entry["finished_at"]
+
+    # 2. resumed, killed in hard_sharing: the controller is loaded, not trained; its entry is summarised now
+    with monkeypatch.context() as patch:
+        patch.setattr(ControllerMethod, "fit", _not_again("dymu"))
+        patch.setattr(HardSharing, "fit", _killed("hard_sharing"))
+        with pytest.raises(KeyboardInterrupt):
+            run.main(_argv(root, out, *methods, "--resume"))
+    second = json.loads(path.read_text())
+    assert second["complete"] is False and set(second["methods"]) == {"dymu", "single_task", "phn"} and not second["pending"]
+    kept_dymu = {k: v for k, v in second["methods"]["dymu"]["per_seed"][0].items() if k != "settings"}
+    assert kept_dymu == {k: v for k, v in dymu_entry.items() if k != "records"}
+    assert second["methods"]["dymu"]["records"] == [dymu_entry["records"]]
+    assert set(second["methods"]["dymu"]["settings"]) >= {"c=0", "c=1"}
+    single = second["methods"]["single_task"]
+    assert single["delta_mtl"]["mean"] == pytest.approx(0.0)
+    # the equal training budget: stage 0 (2 steps) continued for the rest of the total (6)
+    assert single["per_seed"][0]["training_totals"]["parts"] == {
+        "anchor": {"steps": 2, "shared": True, "blocks_per_image": 8},
+        "continuation": {"steps": 4, "shared": False, "blocks_per_image": 8}}
+
+    # 3. resumed with one more method: nothing finished is trained again, the rest runs, the file is complete
+    with monkeypatch.context() as patch:
+        for cls, name in ((ControllerMethod, "dymu"), (SingleTask, "single_task"), (PHN, "phn")):
+            patch.setattr(cls, "fit", _not_again(name))
+        assert run.main(_argv(root, out, "--methods", "phn", "hard_sharing", "static_tree", "--resume")) == 0
+    final = json.loads(path.read_text())
+    assert final["complete"] is True and not final["pending"]
+    assert set(final["methods"]) == {"dymu", "single_task", "phn", "hard_sharing", "static_tree"}
+    for name in ("dymu", "single_task", "phn"):
+        assert _kept(final, name) == _kept(second, name), name
+    assert [len(r["kept"]) for r in final["resumed"]] == [1, 3]
+    for name in ("hard_sharing", "static_tree", "phn"):
+        totals = final["methods"][name]["per_seed"][0]["training_totals"]
+        assert totals["steps"] == 6 and totals["equal_budget"] is True, name
+    assert final["methods"]["hard_sharing"]["per_seed"][0]["training_totals"]["models"] == 2
+    assert all(e["git"] == final["git"] for row in final["methods"].values() for e in row["per_seed"])
+    assert "Training budget: equal training images" in run.format_markdown(final)
+
+    # a different config is refused, naming the field; so is dropping a finished method
+    with pytest.raises(ValueError, match=r"steps \(file"):
+        run.main(_argv(root, out, "--methods", "phn", "hard_sharing", "static_tree", "--resume", "--steps", "3", "2", "2"))
+    with pytest.raises(ValueError, match=r"methods \(the file has \['phn'"):
+        run.main(_argv(root, out, "--methods", "hard_sharing", "static_tree", "--resume"))
