@@ -53,15 +53,15 @@ ABLATIONS: dict[str, RegulariserConfig] = {
 #: validation preferences about ten times per run, every static network about ten times).
 MODES: dict[str, dict[str, dict[str, Any]]] = {
     "multifashion": {
-        "quick": {"seeds": [0], "steps": (300, 200, 120), "n_preferences": 7, "hs_preferences": 3,
+        "quick": {"seeds": [0], "steps": (300, 200, 120), "supernet_steps": 100, "n_preferences": 7, "hs_preferences": 3,
                   "test_examples": 4000, "cost_preferences": 200, "val_examples": 1000},
-        "full": {"seeds": [0, 1, 2], "steps": (1500, 1000, 600), "n_preferences": None, "hs_preferences": 5,
+        "full": {"seeds": [0, 1, 2], "steps": (1500, 1000, 600), "supernet_steps": 500, "n_preferences": None, "hs_preferences": 5,
                  "test_examples": 10000, "cost_preferences": 1000, "val_examples": 3000},
     },
     "fashion_digits": {
-        "quick": {"seeds": [0], "steps": (150, 100, 60), "n_preferences": 5, "hs_preferences": 2,
+        "quick": {"seeds": [0], "steps": (150, 100, 60), "supernet_steps": 60, "n_preferences": 5, "hs_preferences": 2,
                   "test_examples": 1000, "cost_preferences": 200, "val_examples": 1000},
-        "full": {"seeds": [0, 1, 2], "steps": (600, 400, 250), "n_preferences": None, "hs_preferences": 5,
+        "full": {"seeds": [0, 1, 2], "steps": (600, 400, 250), "supernet_steps": 300, "n_preferences": None, "hs_preferences": 5,
                  "test_examples": 3000, "cost_preferences": 1000, "val_examples": 3000},
     },
 }
@@ -109,6 +109,7 @@ class RunConfig:
     cost_preferences: int = field(metadata={"cli": {"hidden": True}})
     methods: list[str] = field(metadata={"cli": {"choices": METHODS}})
     val_examples: int = field(default=2000, metadata={"cli": {"hidden": True}})
+    supernet_steps: int | None = field(default=None, metadata={"cli": {"hidden": True}})
     ablation_weight_hypernet: bool = field(default=False, metadata={"cli": {"flag": "--ablations-with-weight-hypernet"}})
     batch_size: int = field(default=128, metadata={"cli": {"hidden": True}})
     eval_batch_size: int = field(default=1000, metadata={"cli": {"hidden": True}})
@@ -151,6 +152,9 @@ def make_config(benchmark: str, mode: str = "quick", **overrides: Any) -> RunCon
         if key in ("steps", "n_preferences", "hs_preferences", "test_examples", "cost_preferences", "limit", "batch_size"):
             changed = True
         values[key] = value
+    if values.get("supernet_steps") is not None:
+        values["steps"] = replace(values["steps"], supernet=int(values["supernet_steps"]))
+        changed = True
     if "batch_size" in values and values["steps"].batch_size != values["batch_size"]:
         values["steps"] = replace(values["steps"], batch_size=values["batch_size"])
     unknown = [m for m in values["methods"] if m not in METHODS]

@@ -119,6 +119,11 @@ def measure_costs(bench: Benchmark, config: RunConfig, steps: int = 8) -> dict[s
     return costs
 
 
+#: a supernet step (three trees forward and backward, the teachers' forward) in stage-0 steps (N streams forward
+#: and backward); measured on fashion_digits with the LeNet at one thread: see the supernet stage's seconds in a results file
+SUPERNET_STEP_IN_ANCHOR_STEPS = 1.5
+
+
 def estimate(config: RunConfig, costs: dict[str, float], n_tasks: int, n_val: int, n_test: int) -> dict[str, float]:
     """Estimated seconds of every method for one seed, ``"per_seed"`` and ``"total"`` over all seeds, from
     ``costs`` (:func:`measure_costs`): steps times the measured seconds per step, plus validation and test
@@ -128,7 +133,9 @@ def estimate(config: RunConfig, costs: dict[str, float], n_tasks: int, n_val: in
     distillation-era baselines; they reuse the measured ones: the distilled trunk's step is a hard-sharing step
     plus its teachers' forward (the anchor's evaluation cost per image times the batch), a cross-stitch step
     N hard-sharing steps (N streams; this counts the heads N times, a slight over-estimate), and a
-    cross-stitch network evaluates like the anchor (N streams)."""
+    cross-stitch network evaluates like the anchor (N streams). A supernet step runs a sandwich of about three
+    trees (the anchor tree, one stream, a merged tree) plus the teachers' forward: costed as
+    ``SUPERNET_STEP_IN_ANCHOR_STEPS`` anchor steps, with five validations of up to ``4 x (N + 1)`` trees."""
     s = config.steps
     n_pref = len(protocol.evaluation_preferences(n_tasks, config.n_preferences))
     n_hs = n_pref if config.hs_preferences is None else min(config.hs_preferences, n_pref)
@@ -147,7 +154,10 @@ def estimate(config: RunConfig, costs: dict[str, float], n_tasks: int, n_val: in
                                        + len(protocol.COST_CURVE_CS) * costs["plan_c"])
     anchor_validations = math.ceil(s.anchor / AnchorConfig().eval_every) + 1  # and the loss scales
     per: dict[str, float] = {}
-    per["dymu"] = (s.anchor * costs["anchor"] + anchor_validations * val_examples * costs["eval_anchor"] + s.edge * costs["edge"]
+    supernet = 0.0
+    if s.supernet > 0:
+        supernet = s.supernet * SUPERNET_STEP_IN_ANCHOR_STEPS * costs["anchor"] + 5 * 4 * (n_tasks + 1) * min(val_examples, 512) * costs["eval_shared"]
+    per["dymu"] = (s.anchor * costs["anchor"] + anchor_validations * val_examples * costs["eval_anchor"] + supernet + s.edge * costs["edge"]
                    + s.weights * costs["weights"] + n_pref * dynamic_settings * eval_tree + plans)
     # the streams continue stage 0 to the full budget (TRAINING_BUDGET_RULE), validating as stage 0 does
     extra = s.total - s.anchor

@@ -40,7 +40,7 @@ from .config import ABLATIONS, C_ONLY, RunConfig
 from .estimate import RunClock, estimate, format_duration, measure_costs
 from .loaders import n_test_examples, n_val_examples, run_loaders
 from .methods import ControllerMethod, Method, SingleTask, WithoutWeightHypernet
-from .views import controller_views
+from .views import controller_views, supernet_effect
 
 __all__ = ["run_benchmark", "BenchmarkRun", "git_state", "hs_indices", "static_tree_extra_share"]
 
@@ -316,6 +316,9 @@ class BenchmarkRun:
                 entry["train_seconds_all_preferences"] = method.train_seconds * len(self.preferences) / len(self.hs_index)
             if name == "static_tree":
                 entry.update(tree=method.tree.to_dict(), extra_share=method.extra_share)
+            if name == "dymu" and method.teacher is not None:
+                entry["supernet_effect"] = supernet_effect(method.controller, method.teacher, test, self.device)
+                entry["supernet"] = {k: v for k, v in method.controller.stages.get("supernet", {}).items() if k != "log"}
             if name == "single_task":
                 # the reference of the seed's loss space and Delta_MTL (records keep no metrics in the file)
                 self.single_task[str(seed)] = records[0].metrics

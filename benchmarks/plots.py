@@ -11,6 +11,8 @@ figure is in loss space.
 * :func:`plot_cost_curve`: mean FLOPs against c, controller and ablations.
 * :func:`plot_budget_curve`: planned mean FLOPs against the budget, with the band they must lie in.
 * :func:`plot_equal_cost`: per preference, the controller against the static tree of no more FLOPs.
+* :func:`plot_supernet`: per task, the anchor tree's and the cheapest tree's test loss before and after
+  the supernet stage.
 * :func:`plot_trees`: the trees the controller derives for a few contrasting preferences.
 * :func:`make_all`: all of the above for one results file.
 
@@ -33,7 +35,7 @@ from affinity.plots import plot_tree
 from affinity.tree import Tree
 
 __all__ = ["plot_front", "plot_task_losses", "plot_cost", "plot_cost_curve", "plot_budget_curve", "plot_equal_cost",
-           "plot_trees", "make_all", "mean_records"]
+           "plot_supernet", "plot_trees", "make_all", "mean_records"]
 
 _DPI = 130
 
@@ -381,6 +383,32 @@ def plot_equal_cost(results: Mapping[str, Any], path: str | Path) -> Path | None
     return _save(fig, path)
 
 
+def plot_supernet(results: Mapping[str, Any], path: str | Path) -> Path | None:
+    """Bars per task: test loss of the anchor tree and of the cheapest tree, built from the stage-0 streams
+    (before) and from the supernet (after), first seed. Returns None without a supernet stage."""
+    seeds = (results.get("methods", {}).get("dymu") or {}).get("per_seed") or []
+    effect = next((e.get("supernet_effect") for e in seeds if e.get("supernet_effect")), None)
+    if not effect:
+        return None
+    names = list(results["tasks"])
+    fig = _figure(max(6.0, 1.1 * len(names) + 2), 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(names))
+    bars = [("anchor", "before", "#9ecae1", "anchor tree, stage-0 streams"), ("anchor", "after", "#08519c", "anchor tree, supernet"),
+            ("one_stream", "before", "#fdae6b", "cheapest tree, stage-0 streams"), ("one_stream", "after", "#a63603", "cheapest tree, supernet")]
+    width = 0.2
+    for k, (tree, when, colour, label) in enumerate(bars):
+        ax.bar(x + (k - 1.5) * width, effect[tree][when], width, color=colour, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, fontsize=8)
+    ax.set_ylabel("test loss (lower is better)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(_title(results, "the supernet stage: per-task test loss before and after"), fontsize=10)
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------------------------------ trees
 def plot_trees(results: Mapping[str, Any], out_dir: str | Path, stem: str) -> list[Path]:
     """One file per derived tree (``STEM-tree-LABEL-cC.png``, :func:`affinity.plots.plot_tree`) and one
@@ -427,7 +455,8 @@ def make_all(results: Mapping[str, Any], out_dir: str | Path, stem: str) -> list
         written.append(plot_cost(results, out_dir / f"{stem}-cost.png"))
     for extra in (plot_cost_curve(results, out_dir / f"{stem}-cost-vs-c.png"),
                   plot_budget_curve(results, out_dir / f"{stem}-cost-vs-budget.png"),
-                  plot_equal_cost(results, out_dir / f"{stem}-equal-cost.png")):
+                  plot_equal_cost(results, out_dir / f"{stem}-equal-cost.png"),
+                  plot_supernet(results, out_dir / f"{stem}-supernet.png")):
         if extra is not None:
             written.append(extra)
     written += plot_trees(results, out_dir, stem)

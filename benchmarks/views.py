@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 import dymu
+from dymu.anchor import tree_forward
 
 from .config import RunConfig
 from .protocol import EVAL_CS, cost_preferences, format_number
 
-__all__ = ["contrasting_preferences", "controller_views"]
+__all__ = ["contrasting_preferences", "controller_views", "supernet_effect"]
 
 
 def contrasting_preferences(names: Sequence[str]) -> list[tuple[str, list[float]]]:
@@ -67,3 +69,35 @@ def controller_views(ctrl: dymu.Controller, config: RunConfig) -> dict[str, Any]
             **{f"c={format_number(c)}": [ctrl.plan(p, c=c).flops for p in prefs] for c in EVAL_CS},
         }
     return views
+
+
+def supernet_effect(ctrl: dymu.Controller, teacher: torch.nn.Module, test, device: torch.device) -> dict[str, Any] | None:
+    """Per-task test loss of the anchor tree and of the cheapest tree (the uniform preference's at the
+    minimum budget), built from the stage-0 streams (``teacher``: before the supernet stage) and from the
+    controller's anchor (after it): ``{tree: {"assignment", "before": [N], "after": [N]}}``. None when the
+    controller has no supernet stage. No adaptation: this is what the stage changed."""
+    record = ctrl.stages.get("supernet") or {}
+    trees = record.get("trees")
+    if not trees:
+        return None
+    out: dict[str, Any] = {}
+    for name, tree in trees.items():
+        assignment = tuple(tuple(row) for row in tree["assignment"])
+        out[name] = {"assignment": tree["assignment"],
+                     "before": _tree_test_losses(teacher, ctrl.tasks, assignment, test, device),
+                     "after": _tree_test_losses(ctrl.anchor, ctrl.tasks, assignment, test, device)}
+    out["kept_stage0"] = bool(record.get("kept_stage0"))
+    return out
+
+
+@torch.no_grad()
+def _tree_test_losses(anchor, tasks, assignment, data, device) -> list[float]:
+    totals, count = np.zeros(len(tasks)), 0
+    anchor.eval()
+    for x, targets in data:
+        x = x.to(device)
+        outputs = tree_forward(anchor, assignment, x)
+        n = x.shape[0]
+        totals += [float(t.loss(outputs[t.name], targets[t.name].to(device))) * n for t in tasks]
+        count += n
+    return (totals / max(count, 1)).tolist()

@@ -95,6 +95,7 @@ def train_from_config(config: RunConfig | str | Path, *, verbose: bool = True, r
     from .checkpoint import versions
     from .controller import Controller
     from .training import AnchorConfig, EdgeConfig, WeightConfig
+    from .stage_configs import SupernetConfig
 
     if not isinstance(config, RunConfig):
         config = load_config(config)
@@ -120,7 +121,8 @@ def train_from_config(config: RunConfig | str | Path, *, verbose: bool = True, r
     n_batches = _n_batches(train)
     steps = stage_steps(config, n_batches)
     say(f"tasks {ctrl.task_names}; backbone {config.backbone}; {n_batches if n_batches is not None else '?'} train batches "
-        f"of {config.batch_size}; steps anchor/edge/weights {steps['anchor']}/{steps['edge']}/{steps['weights']} "
+        f"of {config.batch_size}; steps anchor/supernet/edge/weights {steps['anchor']}/{steps['supernet']}/{steps['edge']}/"
+        f"{steps['weights']} "
         f"(preset {config.preset!r}); device {config.device}; out {out}")
 
     seconds: dict[str, float] = {}
@@ -138,6 +140,7 @@ def train_from_config(config: RunConfig | str | Path, *, verbose: bool = True, r
     timed("anchor", lambda: ctrl.fit_anchor(
         train, val, config=AnchorConfig(steps=steps["anchor"], eval_every=eval_every, seed=config.seed), **saving))
     timed("affinity", lambda: ctrl.fit_affinity(train, device=device))
+    timed("supernet", lambda: ctrl.fit_supernet(train, val, config=SupernetConfig(steps=steps["supernet"], seed=config.seed), **saving))
     timed("edge", lambda: ctrl.fit_edge(train, val, config=EdgeConfig(steps=steps["edge"], seed=config.seed), **saving))
     timed("weights", lambda: ctrl.fit_weights(
         train, val, config=WeightConfig(steps=steps["weights"], seed=config.seed, bn_stats=ctrl.bn_stats), **saving))

@@ -1,4 +1,4 @@
-"""Train the three stages of a tiny controller with checkpoints (run by tests/test_resume.py, alone or under torchrun).
+"""Train the stages of a tiny controller with checkpoints (run by tests/test_resume.py, alone or under torchrun).
 
     python resume_worker.py OUT_DIR CHECKPOINT_DIR [--resume]
 
@@ -55,6 +55,8 @@ def main(out_dir: str, checkpoints: str, resume: bool) -> None:
         "anchor": ctrl.fit_anchor(train, val, config=dymu.AnchorConfig(steps=STEPS, eval_every=EVERY), **saving),
     }
     ctrl.fit_affinity(tiny_batches(3, n_batches=2, batch=16, seed=0), n_samples=32, calibration_samples=16)
+    if not distributed:  # the supernet stage runs in one process
+        results["supernet"] = ctrl.fit_supernet(train, val, config=dymu.SupernetConfig(steps=STEPS, eval_every=EVERY), **saving)
     results["edge"] = ctrl.fit_edge(train, val, steps=STEPS, config=dymu.EdgeConfig(eval_every=EVERY), **saving)
     results["weights"] = ctrl.fit_weights(train, val, steps=STEPS, config=dymu.WeightConfig(eval_every=EVERY), **saving)
     for result in results.values():

@@ -74,12 +74,12 @@ def uninterrupted(tmp_path_factory) -> dict:
     return _train(tmp_path_factory.mktemp("uninterrupted"))[0]
 
 
-@pytest.mark.parametrize("stage", ["anchor", "edge", "weights"])
+@pytest.mark.parametrize("stage", ["anchor", "supernet", "edge", "weights"])
 def test_a_stage_killed_mid_run_resumes_bit_identical(stage, uninterrupted, tmp_path):
     killed = _train_and_kill(tmp_path, stage)
     assert killed["stage"] == stage
     resumed = _train(tmp_path, resume=True)[0]
-    earlier = {"anchor": [], "edge": ["anchor"], "weights": ["anchor", "edge"]}[stage]
+    earlier = {"anchor": [], "supernet": ["anchor"], "edge": ["anchor", "supernet"], "weights": ["anchor", "supernet", "edge"]}[stage]
     assert resumed["resumed_at"][stage] == killed["step"] > 0
     assert all(resumed["resumed_at"][s] == STEPS for s in earlier), resumed["resumed_at"]  # loaded, not retrained
     _assert_same(resumed, uninterrupted)

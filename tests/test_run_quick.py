@@ -19,7 +19,7 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     threads = torch.get_num_threads()
     argv = ["multifashion", "--quick", "--data-root", str(root), "--out", str(out), "--steps", "2", "2", "2",
-            "--n-preferences", "3", "--hs-preferences", "2", "--test-examples", "40", "--cost-preferences", "8",
+            "--supernet-steps", "2", "--n-preferences", "3", "--hs-preferences", "2", "--test-examples", "40", "--cost-preferences", "8",
             "--batch-size", "16", "--eval-batch-size", "20", "--calibration-steps", "1", "--threads", "1"]
     assert run.main(argv) == 0
     assert torch.get_num_threads() == threads  # the run restores the caller's thread count
@@ -31,15 +31,15 @@ def test_the_results_file_holds_every_required_field_for_every_method(tiny_run):
     assert results["benchmark"] == "multifashion" and results["complete"] is True and results["seeds"] == [0]
     assert results["command"].endswith(" ".join(argv))
     assert set(results["versions"]) >= {"python", "torch", "numpy", "dymu"}
-    assert results["steps"] == {"anchor": 2, "edge": 2, "weights": 2, "batch_size": 16, "supernet": 0}
-    # the equal training budget: every method's training sees the controller's 6 steps x 16 images
-    assert results["training_budget"]["steps"] == 6 and results["training_budget"]["images"] == 96
+    assert results["steps"] == {"anchor": 2, "edge": 2, "weights": 2, "batch_size": 16, "supernet": 2}
+    # the equal training budget: every method's training sees the controller's 8 steps x 16 images
+    assert results["training_budget"]["steps"] == 8 and results["training_budget"]["images"] == 128
     for name, row in results["methods"].items():
         totals = row["per_seed"][0]["training_totals"]
-        assert totals["budget_steps"] == 6 and totals["block_passes"] > 0, name
+        assert totals["budget_steps"] == 8 and totals["block_passes"] > 0, name
         assert totals["equal_budget"] is (name not in ("dymu_no_weight_hypernet", *run.ABLATIONS)), name
     assert results["methods"]["static_equal_cost"]["per_seed"][0]["training_totals"]["models"] == 2
-    assert results["methods"]["hard_sharing"]["per_seed"][0]["training_totals"]["images_all"] == 2 * 96
+    assert results["methods"]["hard_sharing"]["per_seed"][0]["training_totals"]["images_all"] == 2 * 128
     assert set(results["methods"]) == set(run.METHODS)
     for name, row in results["methods"].items():
         for key in REQUIRED:
@@ -68,6 +68,12 @@ def test_the_results_file_holds_every_required_field_for_every_method(tiny_run):
     assert len(dymu["cost_curve"]["c"]) == len(dymu["cost_curve"]["mean_flops"])
     assert set(results["methods"]["dymu_no_inactive"]["settings"]) == {"c=0", "c=1"}
     assert results["methods"]["single_task"]["delta_mtl"]["mean"] == pytest.approx(0.0)
+    # the supernet stage: its effect on the anchor tree and the cheapest tree, measured on test, plotted
+    effect = results["methods"]["dymu"]["per_seed"][0]["supernet_effect"]
+    for tree in ("anchor", "one_stream"):
+        assert len(effect[tree]["before"]) == len(effect[tree]["after"]) == 2
+    assert effect["anchor"]["assignment"] == [[0, 1]] * 4 and len(set(effect["one_stream"]["assignment"][0])) == 1
+    assert (out / "multifashion-quick-custom-supernet.png").is_file()
     # the distilled trunk serves a hard-sharing network; cross-stitch runs a stream per task plus its units
     methods = results["methods"]
     assert set(methods["distilled_trunk"]["settings"]) == set(methods["cross_stitch"]["settings"]) == {"static"}
@@ -102,6 +108,7 @@ def test_the_markdown_table_has_a_row_per_method_and_setting(tiny_run):
     assert "| budget=0.6 |" in table and "wins vs static tree" in table
     assert "train images (k)" in table and "Training budget: equal training images" in table
     assert "Below the budget by construction (variants of the trained controller): dymu_no_weight_hypernet" in table
+    assert "Supernet stage, seed 0: per-task test loss" in table and "| cheapest tree | " in table
 
 
 def test_configs_reject_unknown_names_and_mark_changed_budgets():

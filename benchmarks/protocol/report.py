@@ -109,6 +109,7 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines += ["", hs["trained_preferences_note"]]
     lines += _training_budget_lines(results)
     lines += _control_table(results)
+    lines += _supernet_table(results)
     for title, key in (("Targets:", "targets"), ("Control targets:", "control_targets")):
         if key not in results:
             continue
@@ -170,6 +171,23 @@ def _control_table(results: dict[str, Any]) -> list[str]:
         losses = f"{w['mean_ours']['mean']:.3f} / {w['mean_static']['mean']:.3f}" if w else "–"
         lines.append(f"| {s} | {_pm(m['controllability'], '.3f')} | {low} | {_pm(m.get('distinct_trees'), '.1f')} | "
                      f"{'–' if fallback is None else f'{100 * fallback:.0f}'} | {_pm(m['mean_flops'], '.2f', 1e-6)} | {win} | {losses} |")
+    return lines
+
+
+def _supernet_table(results: dict[str, Any]) -> list[str]:
+    """Per task, the test loss of the anchor tree and of the cheapest tree before and after the supernet
+    stage (first seed that has one); nothing without a supernet stage."""
+    seeds = (results.get("methods", {}).get("dymu") or {}).get("per_seed") or []
+    seed = next((e for e in seeds if e.get("supernet_effect")), None)
+    if seed is None:
+        return []
+    effect = seed["supernet_effect"]
+    kept = " (validation kept the stage-0 streams)" if effect.get("kept_stage0") else ""
+    lines = ["", f"Supernet stage, seed {seed['seed']}: per-task test loss, stage-0 streams -> supernet{kept}:", "",
+             "| tree | " + " | ".join(results["tasks"]) + " |", "|---|" + "---|" * len(results["tasks"])]
+    for tree, label in (("anchor", "anchor tree"), ("one_stream", "cheapest tree")):
+        cells = [f"{a:.4f} -> {b:.4f}" for a, b in zip(effect[tree]["before"], effect[tree]["after"])]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -1,0 +1,135 @@
+"""The supernet stage: which trees a step trains, what it leaves alone, and that validation decides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dymu
+from _tiny import tiny_batches, tiny_tasks
+from dymu.anchor import tree_forward
+from dymu.supernet import FeatureAdaptors, SandwichTrees, distillation_loss, frozen_copy, train_supernet
+
+
+def _trained(n_tasks: int = 3, anchor_steps: int = 30) -> tuple[dymu.Controller, list]:
+    ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(n_tasks), seed=0)
+    data = tiny_batches(n_tasks, n_batches=4, batch=32, seed=1)
+    ctrl.fit_anchor(data, data[:1], config=dymu.AnchorConfig(steps=anchor_steps, eval_every=anchor_steps), verbose=False)
+    ctrl.fit_affinity(data, n_samples=64, calibration_samples=16)
+    return ctrl, data
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_step_trains_the_anchor_tree_one_stream_and_trees_within_drawn_budgets():
+    ctrl, _ = _trained(anchor_steps=1)
+    table = ctrl.cost_table
+    trees = SandwichTrees(table, np.asarray(ctrl.affinity.matrix), budget_trees=3, dirichlet_alpha=1.0,
+                          rng=np.random.default_rng(0))
+    streams_seen = set()
+    for _ in range(20):
+        drawn = trees.draw()
+        assert len(drawn) == 5
+        (anchor, r0), (one, r1) = drawn[:2]
+        assert anchor == ((0, 1, 2),) * table.n_layers and np.allclose(r0, 1 / 3)
+        assert len(set(one[0])) == 1 and all(row == one[0] for row in one) and np.allclose(r1, 1 / 3)
+        streams_seen.add(one[0][0])
+        for assignment, r in drawn[2:]:
+            dymu.Tree(ctrl.task_names, assignment)  # a valid tree
+            assert table.min_flops <= table.tree_flops(assignment) <= table.anchor_flops
+            assert np.isclose(r.sum(), 1.0) and (r >= 0).all()
+    assert streams_seen == {0, 1, 2}
+
+
+def test_adaptors_start_as_the_identity_and_distillation_ignores_scale():
+    adaptors = FeatureAdaptors(2, channels=3, spatial=False)
+    f = torch.randn(5, 3)
+    assert torch.allclose(adaptors(0, f), f)
+    assert float(distillation_loss(3 * f, f)) < 1e-10
+    assert float(distillation_loss(-f, f)) == pytest.approx(4.0, rel=1e-5)
+
+
+def test_the_supernet_makes_the_cheapest_tree_better_and_leaves_the_teacher_alone():
+    ctrl, data = _trained()
+    teacher = frozen_copy(ctrl.anchor)
+    before_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
+    one_stream = ((0, 0, 0),) * ctrl.n_layers
+
+    def losses(anchor):
+        anchor.eval()
+        with torch.no_grad():
+            out = [tree_forward(anchor, one_stream, x) for x, _ in data]
+        return [float(np.mean([torch.nn.functional.cross_entropy(o[n], y[n]).item() for o, (_, y) in zip(out, data)]))
+                for n in ctrl.task_names]
+
+    before = losses(ctrl.anchor)
+    result = train_supernet(ctrl.anchor, teacher, ctrl.tasks, data, ctrl.loss_scales, ctrl.cost_table,
+                            np.asarray(ctrl.affinity.matrix), dymu.SupernetConfig(steps=40, lr=3e-3), torch.device("cpu"),
+                            verbose=False)
+    after = losses(ctrl.anchor)
+    # task 0 is stream 0's own: the tasks stream 0 was not trained for gain the most
+    assert after[1] < before[1] - 0.05 and after[2] < before[2] - 0.05, (before, after)
+    assert _states_equal(before_teacher, teacher.state_dict())
+    distill = [entry["distill"] for entry in result["log"]]
+    assert all(np.isfinite(distill)) and max(distill) > 0
+    # adaptors train beside the anchor but are not part of it
+    assert not any("maps" in name for name in ctrl.anchor.state_dict())
+
+
+def test_only_the_anchor_tree_moves_the_running_statistics():
+    ctrl, data = _trained(anchor_steps=2)
+    teacher = frozen_copy(ctrl.anchor)
+    reference = frozen_copy(ctrl.anchor).train()
+    x = data[0][0]
+    with torch.no_grad():
+        reference.forward_single(x)  # one train-mode pass of every stream on its own: the anchor tree
+    # lr 0: weights stay, so any change of a running statistic comes from the forward passes alone
+    train_supernet(ctrl.anchor, teacher, ctrl.tasks, data[:1], ctrl.loss_scales, ctrl.cost_table,
+                   np.asarray(ctrl.affinity.matrix), dymu.SupernetConfig(steps=1, lr=0.0, budget_trees=2),
+                   torch.device("cpu"), verbose=False)
+    for key, value in reference.state_dict().items():
+        if "running" in key:
+            assert torch.allclose(value, ctrl.anchor.state_dict()[key], atol=1e-6), key
+
+
+def test_validation_keeps_the_stage0_streams_when_the_supernet_does_not_help():
+    ctrl, data = _trained()
+    before = {k: v.clone() for k, v in ctrl.anchor.state_dict().items()}
+    # validation labels that contradict the training labels: fine-tuning can only look worse
+    flipped = [(x, {n: (y + 1) % 4 for n, y in targets.items()}) for x, targets in data[:1]]
+    ctrl.fit_supernet(data, flipped, config=dymu.SupernetConfig(steps=6, lr=1e-2, eval_every=3), verbose=False, val_samples=32)
+    record = ctrl.stages["supernet"]
+    assert record["selection"]["best_step"] == 0 and record["kept_stage0"]
+    assert _states_equal(before, ctrl.anchor.state_dict())
+    trees = record["trees"]
+    assert trees["anchor"]["val_loss_before"] == trees["anchor"]["val_loss_after"]
+    assert set(trees) == {"anchor", "one_stream"} and len(set(trees["one_stream"]["assignment"][0])) == 1
+
+
+def test_the_stage_comes_between_the_streams_and_the_edge_hypernet():
+    ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(2), seed=0)
+    data = tiny_batches(2, n_batches=1)
+    with pytest.raises(ValueError, match=r"train the streams first: fit_anchor"):
+        ctrl.fit_supernet(data, steps=1, verbose=False)
+    ctrl.fit_anchor(data, steps=1, verbose=False)
+    ctrl.fit_affinity(data, n_samples=16, calibration_samples=4)
+    ctrl.fit_edge(data, steps=1, verbose=False)
+    with pytest.raises(ValueError, match=r"comes before the edge hypernet"):
+        ctrl.fit_supernet(data, steps=1, verbose=False)
+    with pytest.raises(ValueError, match=r"distill must be 'features' or 'none'"):
+        dymu.SupernetConfig(distill="logits")
+
+
+def test_same_seed_same_supernet():
+    states = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        torch.rand(7)  # other draws before must not matter
+        ctrl, data = _trained(anchor_steps=3)
+        ctrl.fit_supernet(data, data[:1], config=dymu.SupernetConfig(steps=4, eval_every=2, budget_trees=2), verbose=False,
+                          val_samples=32)
+        states.append(ctrl.anchor.state_dict())
+    assert _states_equal(*states)
