@@ -20,7 +20,7 @@ A config names the task set, the data and the backbone either as a registered na
     name = "lenet"                     # a registered backbone, or "module:attribute" of a factory
     options = { width_mult = 0.25 }    # optional keyword arguments of the factory
 
-    [anchor]                           # optional, like [edge] and [weights]
+    [anchor]                           # optional, like [supernet], [edge] and [weights]
     steps = 60                         # or: epochs = 2
 
     [evaluate]                         # optional: the table results.json holds (on the val split)
@@ -28,10 +28,10 @@ A config names the task set, the data and the backbone either as a registered na
     budgets = [1.0, 0.5]
     max_batches = 20
 
-Step defaults (preset ``"cpu"``): anchor 2 epochs, edge 1 epoch, weights 0.5 epoch of the training
-data, capped at 3000 / 2000 / 1000 steps (the paper's 30,000 per stage take hours on a CPU); when
-the training data has no ``len()``, 600 / 400 / 200 steps (the demo's). Preset ``"paper"``: 30,000
-steps per stage (the presets of :mod:`dymu.stage_configs`, shared with ``AnchorConfig.preset()`` and
+Step defaults (preset ``"cpu"``): anchor 2 epochs, supernet 1 epoch, edge 1 epoch, weights 0.5 epoch of
+the training data, capped at 3000 / 1500 / 2000 / 1000 steps (the paper's 30,000 per stage take hours on
+a CPU); when the training data has no ``len()``, 600 / 300 / 400 / 200 steps. Preset ``"paper"``: 30,000
+steps per stage (10,000 for the supernet stage) (the presets of :mod:`dymu.stage_configs`, shared with ``AnchorConfig.preset()`` and
 the other stage configs). A stage table overrides either.
 
 Every stage writes a checkpoint to ``out/checkpoints/<stage>.pt`` at its end (and every

@@ -124,8 +124,9 @@ def test_train_build_export_on_own_tasks(tmp_path, monkeypatch):
     assert (out / "config.toml").read_text() == CONFIG
     results = json.loads((out / "results.json").read_text())
     assert results["tasks"] == ["bright", "left", "level"]
-    assert results["steps"] == {"anchor": 64, "edge": 40, "weights": 20} and results["train_batches_per_epoch"] == 32
-    assert set(results["stage_seconds"]) == {"anchor", "affinity", "edge", "weights", "evaluate"}
+    # the supernet stage takes the cpu preset's one epoch
+    assert results["steps"] == {"anchor": 64, "supernet": 32, "edge": 40, "weights": 20} and results["train_batches_per_epoch"] == 32
+    assert set(results["stage_seconds"]) == {"anchor", "affinity", "supernet", "edge", "weights", "evaluate"}
     assert results["versions"]["torch"] == torch.__version__ and results["seed"] == 0
     assert results["config"]["data"]["source"] == "tinytasks:make_data"
     rows = results["evaluation"]["rows"]
@@ -194,7 +195,7 @@ def test_train_resume_continues_a_killed_run_to_the_same_weights(tmp_path):
     for part in ("anchor", "edge", "weight"):
         assert all(torch.equal(full[part][k], again[part][k]) for k in full[part]), part
     assert torch.equal(full["loss_scales"], again["loss_scales"])
-    assert {p.name for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.suffix == ".pt"} == {"anchor.pt", "edge.pt", "weights.pt"}
+    assert {p.name for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.suffix == ".pt"} == {"anchor.pt", "supernet.pt", "edge.pt", "weights.pt"}
 
 
 def _config(**changes) -> dict:
@@ -250,11 +251,11 @@ def test_bad_module_attribute_names_key_and_value(tmp_path, monkeypatch, capsys)
 def test_step_defaults_and_preset(tmp_path):
     base = {"tasks": "fashion_digits", "data": {"source": "fashion_digits"}, "backbone": {"name": "lenet"}}
     config = parse_config(base, tmp_path / "c.toml")
-    assert stage_steps(config, 422) == {"anchor": 844, "edge": 422, "weights": 211}
-    assert stage_steps(config, 100_000) == {"anchor": 3000, "edge": 2000, "weights": 1000}  # capped
-    assert stage_steps(config, None) == {"anchor": 600, "edge": 400, "weights": 200}  # data without len()
+    assert stage_steps(config, 422) == {"anchor": 844, "supernet": 422, "edge": 422, "weights": 211}
+    assert stage_steps(config, 100_000) == {"anchor": 3000, "supernet": 1500, "edge": 2000, "weights": 1000}  # capped
+    assert stage_steps(config, None) == {"anchor": 600, "supernet": 300, "edge": 400, "weights": 200}  # data without len()
     paper = parse_config({**base, "preset": "paper", "weights": {"epochs": 0.25}}, tmp_path / "c.toml")
-    assert stage_steps(paper, 400) == {"anchor": 30000, "edge": 30000, "weights": 100}
+    assert stage_steps(paper, 400) == {"anchor": 30000, "supernet": 10000, "edge": 30000, "weights": 100}
     with pytest.raises(ConfigError, match=r"\[weights\] epochs = 0.25 needs the training data's len\(\)"):
         stage_steps(paper, None)
     (tmp_path / "c.toml").write_text('tasks = "multifashion"\nout = "x"\n[data]\nsource = "multifashion"\n[backbone]\nname = "lenet"\n')
