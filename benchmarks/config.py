@@ -4,7 +4,7 @@ from its fields).
 
 >>> config = make_config("multifashion", "full")
 >>> config.mode, config.seeds, config.stem, config.steps.total
-('full', [0, 1, 2], 'multifashion', 3100)
+('full', [0, 1, 2], 'multifashion', 3600)
 >>> make_config("multifashion", "quick", steps=(1, 1, 1)).mode     # a changed budget is no preset any more
 'quick-custom'
 """

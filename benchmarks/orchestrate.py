@@ -469,6 +469,7 @@ class BenchmarkRun:
             "pending": {name: entries for name, entries in pending.items() if entries},
             "targets": protocol.check_targets(methods, hv_reference=list(space.reference)) if space else [],
             "control_targets": protocol.check_control_targets(methods) if space else [],
+            "shared_node_targets": protocol.check_shared_node_targets(methods, config.benchmark) if space else [],
             "controller_views": self.views,
             "measured_costs": self.costs,
             "estimate_seconds": self.est,

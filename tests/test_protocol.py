@@ -434,3 +434,28 @@ def test_the_package_exports_every_name_of_its_modules_as_the_same_object():
             assert getattr(protocol, name) is getattr(module, name), name
     # the function, not the module of the same name
     assert callable(protocol.loss_space) and protocol.loss_space.__module__ == "benchmarks.protocol.loss_space"
+
+
+def test_shared_node_targets_compare_budget1_with_every_baseline_that_ran():
+    from benchmarks.protocol import check_shared_node_targets
+
+    agg = lambda v: {"mean": v, "std": None, "n": 1}  # noqa: E731
+    methods = {
+        "dymu": {"settings": {"budget=1": {"hv": agg(2.5), "hv_subset": agg(2.0), "delta_mtl": agg(1.0), "uniformity": agg(0.96)},
+                              "budget=min": {"hv": agg(2.2), "hv_subset": agg(1.9)},
+                              "budget=0.6": {"controllability": agg(0.8)}, "budget=0.8": {"controllability": agg(0.95)}}},
+        "phn": {"settings": {"static": {"hv": agg(2.4)}}},
+        "hard_sharing": {"settings": {"static": {"hv": agg(1.95)}}},
+    }
+    targets = {t["target"].split(" (")[0]: t for t in check_shared_node_targets(methods, "multifashion")}
+    assert targets["dymu hv at budget=1 > phn hv"]["met"] is True
+    # hard sharing trained on a subset of the preferences: compared on the controller's hv over that subset
+    hs = targets["dymu hv at budget=1 > hard_sharing hv"]
+    assert hs["met"] is True and hs["dymu"] == 2.0
+    assert targets["dymu hv at budget=min >= hard_sharing hv"]["met"] is False  # 1.9 < 1.95
+    assert targets["dymu at budget=1: hv >= 2.45 at"]["met"] is True
+    assert targets["dymu controllability >= 0.9 at a binding budget"]["met"] is True  # the higher of 0.8 and 0.95
+    assert not any("cross_stitch" in t for t in targets)  # a baseline that did not run is left out
+    methods["dymu"]["settings"]["budget=1"]["delta_mtl"] = agg(-0.1)
+    assert [t["met"] for t in check_shared_node_targets(methods, "fashion_digits") if "ΔMTL" in t["target"]] == [False]
+    assert not any("2.45" in t["target"] for t in check_shared_node_targets(methods, "fashion_digits"))

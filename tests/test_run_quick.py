@@ -104,7 +104,7 @@ def test_the_markdown_table_has_a_row_per_method_and_setting(tiny_run):
     _, results, _ = tiny_run
     table = run.format_markdown(results)
     assert "| dymu | budget=min |" in table and "| phn | static |" in table and "reference point (2, 2)" in table
-    assert table.count("\n- [") == len(results["targets"]) + len(results["control_targets"])
+    assert table.count("\n- [") == len(results["targets"]) + len(results["control_targets"]) + len(results["shared_node_targets"])
     assert "| budget=0.6 |" in table and "wins vs static tree" in table
     assert "train images (k)" in table and "Training budget: equal training images" in table
     assert "Below the budget by construction (variants of the trained controller): dymu_no_weight_hypernet" in table
@@ -146,3 +146,15 @@ def test_six_tasks_normalise_losses_by_the_single_task_run_and_plot_cost_at_corn
     assert "budget=0.5" in results["methods"]["dymu"]["settings"]  # the cheapest of six streams is below half
     assert len(results["controller_views"]["cost_corners"]["labels"]) == 7
     assert (out / "fashion_digits-quick-custom-cost.png").exists() and not (out / "fashion_digits-quick-custom-front.png").exists()
+
+
+def test_reprint_decides_the_targets_again_from_the_file(tiny_run, capsys):
+    from benchmarks import reprint
+
+    out, results, _ = tiny_run
+    assert reprint.main([str(out / "multifashion-quick-custom.json")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == run.format_markdown(reprint.retarget(results)).strip()
+    assert "Shared-node targets:" in printed and "dymu hv at budget=1 > cross_stitch hv" in printed
+    with pytest.raises(SystemExit):
+        reprint.main([str(out / "missing.json")])

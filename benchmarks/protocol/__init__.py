@@ -91,7 +91,7 @@ Control (:func:`compare_at_equal_cost`, :func:`planned_cost`)
     the planned mean FLOPs at each budget of :data:`COST_BUDGETS` (0.3, 0.5, 0.7, 0.9) and the share of
     fallback merges (``budget_curve``).
 
-Targets (:func:`check_targets`, :func:`check_control_targets`)
+Targets (:func:`check_targets`, :func:`check_control_targets`, :func:`check_shared_node_targets`)
     The issue's targets, each with the numbers it was decided on: the controller's hypervolume and
     uniformity above PHN's and PHN-BN's (means over seeds, at ``c = 0`` and at ``c = 1``), its mean FLOPs
     falling as ``c`` rises, and its total training time below that of the per-preference hard-sharing
@@ -127,7 +127,7 @@ from .requests import (
     settings_for,
 )
 from .summary import METRICS, aggregate, preference_losses, summarise
-from .targets import check_control_targets, check_targets
+from .targets import check_control_targets, check_shared_node_targets, check_targets
 from .training_budget import TRAINING_BUDGET_RULE, Allocation, Part, allocation, training_totals
 
 # The package exports exactly what its modules export: each name is listed once, in its own module.

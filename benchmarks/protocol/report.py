@@ -110,7 +110,8 @@ def format_markdown(results: dict[str, Any]) -> str:
     lines += _training_budget_lines(results)
     lines += _control_table(results)
     lines += _supernet_table(results)
-    for title, key in (("Targets:", "targets"), ("Control targets:", "control_targets")):
+    for title, key in (("Targets:", "targets"), ("Control targets:", "control_targets"),
+                       ("Shared-node targets:", "shared_node_targets")):
         if key not in results:
             continue
         lines += ["", title]
