@@ -207,7 +207,7 @@ def check_shared_node_targets(methods: Mapping[str, Any], benchmark: str, *, con
     >>> methods = {"dymu": {"settings": {"budget=1": {"hv": agg(2.0), "delta_mtl": agg(0.5)}}},
     ...            "phn": {"settings": {"static": {"hv": agg(2.1)}}}}
     >>> [(t["target"][:30], t["met"]) for t in check_shared_node_targets(methods, "fashion_digits")][:2]
-    [('dymu hv at budget=1 > phn hv (m', False), ('dymu ΔMTL at budget=1 >= 0 (me', True)]
+    [('dymu hv at budget=1 > phn hv (', False), ('dymu ΔMTL at budget=1 >= 0 (me', True)]
     """
     targets: list[dict[str, Any]] = []
     full = budget_setting(1.0)
