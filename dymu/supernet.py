@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from .anchor import AnchorNet, frozen_batchnorm_statistics, run_tree
 from .budget import CostTable, shrink_to_budget
 from .distributed import rank_world
+from .progress import quiet_from_env
 from .loop import Batch, KeepBest, StepInfo, TrainLoop
 from .resume import Checkpointing
 from .stage_configs import SupernetConfig, adam
@@ -167,8 +169,8 @@ def train_supernet(
     validation before the first step and every ``eval_every`` steps; the best state is kept, the frozen
     streams included, so a supernet that does not help on validation changes nothing.
 
-    Returns ``{"history", "log", "seconds", "selection": {"best_step", "best_score", "history"},
-    "resumed_at"}``; ``best_step`` 0 means the stage-0 streams were kept.
+    Returns ``{"log", "seconds", "selection": {"best_step", "best_score", "initial_score", "history"},
+    "resumed_at"}``; ``best_step`` 0 means the stage-0 streams were kept (``initial_score``: theirs).
     """
     if rank_world()[1] > 1:
         raise ValueError("the supernet stage runs in one process; under torchrun, train it on one rank and load it on all")
@@ -216,6 +218,7 @@ def train_supernet(
 
     keep = KeepBest.lowest(anchor, label="supernet score")
     validate = None
+    initial: float | None = None
     if select is not None:
         def validate(step: int) -> dict[str, float]:
             anchor.eval()
@@ -224,7 +227,10 @@ def train_supernet(
             return {"score": score}
 
         # step 0 is a candidate: the frozen streams stay when fine-tuning never beats them on validation
-        keep.offer(validate(0), 0)
+        initial = validate(0)["score"]
+        keep.offer({"score": initial}, 0)
+        if verbose and not quiet_from_env():
+            sys.stderr.write(f"[supernet] val supernet score {initial:.4f} before training (the stage-0 streams)\n")
     state = {"supernet": anchor, "adaptors": adaptors, "optimizer": optimizer, "scheduler": scheduler}
     loop = TrainLoop(
         "supernet", config.steps, device, tasks, state=state, generators={"trees": rng}, frozen={"teacher": teacher},
@@ -233,7 +239,8 @@ def train_supernet(
     )
     result = loop.run(train, step)
     anchor.eval().requires_grad_(False)
-    selection = {"best_step": keep.steps["score"], "best_score": keep.scores["score"], "history": result.history}
+    selection = {"best_step": keep.steps["score"], "best_score": keep.scores["score"], "initial_score": initial,
+                 "history": result.history}
     return {"log": result.log, "seconds": result.seconds, "selection": selection, "resumed_at": result.resumed_at}
 
 
