@@ -9,7 +9,8 @@
 * :class:`CrossStitch`: N task streams mixed by learned cross-stitch units after every block (Misra et al. 2016).
 
 All get the same data, backbone family, step budget (:class:`benchmarks.methods.StepBudget`), loss
-scales and seeds as the controller, and return plain :class:`dymu.DerivedModel` networks.
+scales and seeds as the controller (the settings :class:`benchmarks.baselines.base.Baseline` holds for
+every one of them), and return plain :class:`dymu.DerivedModel` networks.
 """
 
 from .cross_stitch import CrossStitch, CrossStitchNetwork

@@ -11,8 +11,7 @@ task reads its stream's last (stitched) output.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,11 +19,11 @@ from torch import Tensor, nn
 
 from dymu.backbones.base import BlockBackbone
 from dymu.metrics import count_flops, count_params
-from dymu.preferences import normalize_preferences
 from dymu.tasks import Task, check_tasks
 
-from ..methods import Method, StepBudget
-from .common import BackboneFactory, as_loss_scales, fresh_backbone, take_batches, train_static, untrained_loss_scales
+from ..methods import StepBudget
+from .base import SingleModelBaseline
+from .common import BackboneFactory, fresh_backbone
 
 __all__ = ["CrossStitch", "CrossStitchNetwork", "cross_stitch_network", "stitch_init"]
 
@@ -125,7 +124,7 @@ def cross_stitch_network(
     return model.train()
 
 
-class CrossStitch(Method):
+class CrossStitch(SingleModelBaseline):
     """A cross-stitch network trained once on ``sum_i w_i L_i / N`` (the equal preference); one model serves
     every preference.
 
@@ -141,7 +140,8 @@ class CrossStitch(Method):
             Adam's step does not depend on the gradient's scale, so a 10x rate (default) already lets the
             units move by tenths within the quick budgets, while 100x would let them oscillate. The units
             have no weight decay (it would pull the mix toward zero, shrinking the features).
-        lr, weight_decay, eval_every, val_batches: as for :class:`~benchmarks.baselines.HardSharing`.
+        lr, weight_decay, eval_every, val_batches, scale_batches, name: as for
+            :class:`~benchmarks.baselines.base.Baseline`.
 
     [choice] The streams start from fresh initialisations (the paper starts them from single-task networks):
     every baseline here trains from scratch within its step budget.
@@ -152,6 +152,7 @@ class CrossStitch(Method):
     """
 
     name = "cross_stitch"
+    model: CrossStitchNetwork | None
 
     def __init__(
         self,
@@ -170,46 +171,21 @@ class CrossStitch(Method):
         scale_batches: int = 10,
         name: str = "cross_stitch",
     ):
-        super().__init__()
-        self.backbone_factory = backbone_factory
-        self.tasks = check_tasks(tasks)
-        self.task_names = [t.name for t in self.tasks]
+        super().__init__(backbone_factory, tasks, steps, loss_scales, seed, lr=lr, weight_decay=weight_decay,
+                         eval_every=eval_every, val_batches=val_batches, scale_batches=scale_batches, name=name)
         stitch_init(1, len(self.tasks), diagonal)  # checks the task count and the diagonal before any training
         if not alpha_lr_mult > 0:
             raise ValueError(f"alpha_lr_mult must be > 0, got {alpha_lr_mult}")
-        self.steps = steps
-        self.loss_scales = None if loss_scales is None else as_loss_scales(loss_scales, len(self.tasks))
-        self.seed = int(seed)
         self.diagonal, self.alpha_lr_mult = float(diagonal), float(alpha_lr_mult)
-        self.lr, self.weight_decay = lr, weight_decay
-        self.eval_every, self.val_batches, self.scale_batches = eval_every, val_batches, scale_batches
-        self.name = name
-        self.model: CrossStitchNetwork | None = None
-        self.result: dict | None = None
 
-    def fit(self, train, val, *, device, verbose: bool = True) -> None:
-        device = torch.device(device)
-        start = time.time()
-        val_batches = take_batches(val, self.val_batches)
+    def _fit(self, train: Iterable, val: Iterable, device: torch.device, verbose: bool) -> None:
         model = cross_stitch_network(self.backbone_factory, self.tasks, self.seed, self.diagonal).to(device)
-        if self.loss_scales is None:
-            self.loss_scales = untrained_loss_scales(model, self.tasks, val_batches[: self.scale_batches], device)
+        val_batches = self._validation_batches(val, device, lambda: model)
         rest = [p for name, p in model.named_parameters() if name != "alpha"]
         groups = [{"params": rest}, {"params": [model.alpha], "lr": self.lr * self.alpha_lr_mult, "weight_decay": 0.0}]
-        self.result = train_static(
-            model, self.tasks, train, val_batches, self.loss_scales / len(self.tasks), steps=self.steps.total,
-            device=device, lr=self.lr, weight_decay=self.weight_decay, eval_every=self.eval_every, desc=self.name,
-            verbose=verbose, param_groups=groups,
+        self.result = self._train_static(
+            model, train, val_batches, self.equal_preference_weights(), steps=self.steps.total, device=device,
+            desc=self.name, verbose=verbose, param_groups=groups,
         )
         model.info.update({"method": self.name, "alpha": model.alpha.detach().cpu().tolist()})
         self.model = model
-        self.train_seconds = time.time() - start
-
-    def model_for(self, preference, *, c=None, budget=None) -> nn.Module:
-        if self.model is None:
-            raise ValueError(f"{self.name}: call fit() first")
-        normalize_preferences(preference, self.task_names)  # the same checks as every method's
-        return self.model.eval()
-
-    def stored_modules(self) -> Sequence[nn.Module]:
-        return [] if self.model is None else [self.model]

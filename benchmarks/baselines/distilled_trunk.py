@@ -16,8 +16,7 @@ of them at once; they are dropped afterwards, so the served model is a plain har
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,20 +24,11 @@ from torch import Tensor, nn
 
 from dymu.anchor import AnchorNet
 from dymu.derived import DerivedModel
-from dymu.preferences import normalize_preferences
-from dymu.tasks import Task, check_tasks
+from dymu.tasks import Task
 
-from ..methods import Method, StepBudget
-from .common import (
-    BackboneFactory,
-    as_loss_scales,
-    fresh_backbone,
-    node_key,
-    shared_network,
-    take_batches,
-    train_static,
-    untrained_loss_scales,
-)
+from ..methods import StepBudget
+from .base import SingleModelBaseline
+from .common import BackboneFactory, fresh_backbone, node_key, shared_network
 
 __all__ = ["DistilledTrunk", "identity_adaptor", "distillation_loss"]
 
@@ -92,7 +82,7 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was)
 
 
-class DistilledTrunk(Method):
+class DistilledTrunk(SingleModelBaseline):
     """One hard-sharing trunk + N heads trained on the equal preference with feature distillation from the
     frozen single-task streams; one model serves every preference.
 
@@ -110,9 +100,9 @@ class DistilledTrunk(Method):
         seed: initialisation seed of the trunk and its heads.
         distill_weight: ``lambda`` (default 1.0: the normalised term per task is at most 4, of the order of
             the scaled task losses, which start near 1 with the controller's scales).
-        lr, weight_decay, eval_every, val_batches: as for :class:`~benchmarks.baselines.HardSharing`; the
-            adaptors train with the trunk (same Adam group). Model selection: the lowest scalarised
-            validation task loss (the distillation term is not part of it).
+        lr, weight_decay, eval_every, val_batches, scale_batches, name: as for
+            :class:`~benchmarks.baselines.base.Baseline`; the adaptors train with the trunk (same Adam group).
+            Model selection: the lowest scalarised validation task loss (the distillation term is not part of it).
 
     Attributes:
         model: the trained :class:`~dymu.DerivedModel` (the adaptors are not part of it: its FLOPs and
@@ -126,6 +116,7 @@ class DistilledTrunk(Method):
     """
 
     name = "distilled_trunk"
+    model: DerivedModel | None
 
     def __init__(
         self,
@@ -144,10 +135,8 @@ class DistilledTrunk(Method):
         scale_batches: int = 10,
         name: str = "distilled_trunk",
     ):
-        super().__init__()
-        self.backbone_factory = backbone_factory
-        self.tasks = check_tasks(tasks)
-        self.task_names = [t.name for t in self.tasks]
+        super().__init__(backbone_factory, tasks, steps, loss_scales, seed, lr=lr, weight_decay=weight_decay,
+                         eval_every=eval_every, val_batches=val_batches, scale_batches=scale_batches, name=name)
         if not isinstance(teacher, AnchorNet):
             raise ValueError(f"the teacher must be a dymu.anchor.AnchorNet, got {type(teacher).__name__}")
         if list(teacher.task_names) != self.task_names:
@@ -160,29 +149,17 @@ class DistilledTrunk(Method):
                                  f"the trunk's {shape}; distillation needs the same backbone family")
         if not distill_weight >= 0:
             raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
-        self.steps = steps
         self.train_steps = steps.total - steps.anchor
         if self.train_steps < 1:
             raise ValueError(f"{name} trains for steps.total - steps.anchor steps, which is {self.train_steps}")
         self.teacher = teacher
         self.feature_shape = shape
-        self.loss_scales = None if loss_scales is None else as_loss_scales(loss_scales, len(self.tasks))
-        self.seed = int(seed)
         self.distill_weight = float(distill_weight)
-        self.lr, self.weight_decay = lr, weight_decay
-        self.eval_every, self.val_batches, self.scale_batches = eval_every, val_batches, scale_batches
-        self.name = name
-        self.model: DerivedModel | None = None
         self.adaptors: nn.ModuleList | None = None
-        self.result: dict | None = None
 
-    def fit(self, train, val, *, device, verbose: bool = True) -> None:
-        device = torch.device(device)
-        start = time.time()
-        val_batches = take_batches(val, self.val_batches)
+    def _fit(self, train: Iterable, val: Iterable, device: torch.device, verbose: bool) -> None:
         model = shared_network(self.backbone_factory, self.tasks, self.seed).to(device)
-        if self.loss_scales is None:
-            self.loss_scales = untrained_loss_scales(model, self.tasks, val_batches[: self.scale_batches], device)
+        val_batches = self._validation_batches(val, device, lambda: model)
         adaptors = nn.ModuleList(identity_adaptor(self.feature_shape) for _ in self.tasks)
         teacher = self.teacher
         teacher_device = next(teacher.parameters()).device
@@ -199,23 +176,12 @@ class DistilledTrunk(Method):
 
         try:
             with _eval_mode(teacher):
-                self.result = train_static(
-                    model, self.tasks, train, val_batches, self.loss_scales / len(self.tasks), steps=self.train_steps,
-                    device=device, lr=self.lr, weight_decay=self.weight_decay, eval_every=self.eval_every,
+                self.result = self._train_static(
+                    model, train, val_batches, self.equal_preference_weights(), steps=self.train_steps, device=device,
                     desc=self.name, verbose=verbose, auxiliary=distill, auxiliary_modules=adaptors,
                 )
         finally:
             handle.remove()
         model.info.update({"method": self.name, "distill_weight": self.distill_weight})
+        # the teachers and adaptors are training-only: stored_modules() is the trunk alone
         self.model, self.adaptors = model, adaptors.eval()
-        self.train_seconds = time.time() - start
-
-    def model_for(self, preference, *, c=None, budget=None) -> nn.Module:
-        if self.model is None:
-            raise ValueError(f"{self.name}: call fit() first")
-        normalize_preferences(preference, self.task_names)  # the same checks as every method's
-        return self.model.eval()
-
-    def stored_modules(self) -> Sequence[nn.Module]:
-        # the teachers and adaptors are training-only
-        return [] if self.model is None else [self.model]

@@ -38,8 +38,7 @@ from __future__ import annotations
 
 import copy
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,21 +51,13 @@ from dymu.derived import DerivedModel
 from dymu.loop import KeepBest, StepInfo, TrainLoop
 from dymu.metrics import dirichlet_preferences
 from dymu.preferences import normalize_preferences, sample_preferences
-from dymu.tasks import Task, check_tasks
+from dymu.tasks import Task
 from dymu.training import adam
 from hyper.embedding import mlp
 
-from ..methods import Method, StepBudget
-from .common import (
-    BackboneFactory,
-    as_loss_scales,
-    default_eval_every,
-    shared_network,
-    take_batches,
-    untrained_loss_scales,
-    validation_losses,
-    weighted_task_loss,
-)
+from ..methods import StepBudget
+from .base import Baseline
+from .common import BackboneFactory, default_eval_every, shared_network, validation_losses, weighted_task_loss
 
 __all__ = ["PHN", "ChunkedHypernet", "MODES"]
 
@@ -131,7 +122,7 @@ class ChunkedHypernet(nn.Module):
         return out.reshape(batch, -1)[:, : self.n_outputs]
 
 
-class PHN(Method):
+class PHN(Baseline):
     """Pareto HyperNetwork (``mode="full"``) or PHN-BN (``mode="bn"``), linear scalarisation.
 
     Args:
@@ -155,6 +146,8 @@ class PHN(Method):
         n_val_preferences: model selection keeps the state with the lowest mean scalarised validation loss
             ``sum_i r_i w_i L_i`` over this many fixed preferences: the equal one and Dirichlet(1) draws
             seeded by ``seed``.
+        scale_batches: as for :class:`~benchmarks.baselines.base.Baseline`.
+        name: the result key (default ``"phn"``, or ``"phn_bn"`` for ``mode="bn"``).
 
     ``model_for(r)`` accepts any preference (``c`` and ``budget`` are ignored: the cost is fixed).
     """
@@ -183,28 +176,22 @@ class PHN(Method):
         scale_batches: int = 10,
         name: str | None = None,
     ):
-        super().__init__()
+        # the arguments only PHN has are checked first, before the shared ones
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if dirichlet_alpha <= 0:
             raise ValueError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
         if n_val_preferences < 1:
             raise ValueError(f"n_val_preferences must be >= 1, got {n_val_preferences}")
-        self.backbone_factory = backbone_factory
-        self.tasks = check_tasks(tasks)
-        self.task_names = [t.name for t in self.tasks]
-        self.steps = steps
+        super().__init__(backbone_factory, tasks, steps, loss_scales, seed, lr=lr, weight_decay=weight_decay,
+                         eval_every=eval_every, val_batches=val_batches, scale_batches=scale_batches,
+                         name=name or ("phn" if mode == "full" else "phn_bn"))
         self.mode = mode
-        self.name = name or ("phn" if mode == "full" else "phn_bn")
-        self.loss_scales = None if loss_scales is None else as_loss_scales(loss_scales, len(self.tasks))
-        self.seed = int(seed)
-        self.lr, self.weight_decay = lr, weight_decay
         self.hyper_options = {
             "chunk_size": chunk_size, "embed_dim": embed_dim, "hidden": hidden, "depth": depth,
             "chunk_dim": chunk_dim, "output_scale": output_scale,
         }
         self.dirichlet_alpha = float(dirichlet_alpha)
-        self.eval_every, self.val_batches, self.scale_batches = eval_every, val_batches, scale_batches
         n = len(self.tasks)
         equal = np.full((1, n), 1.0 / n)
         drawn = dirichlet_preferences(n_val_preferences - 1, n, 1.0, seed=self.seed) if n_val_preferences > 1 else np.zeros((0, n))
@@ -267,18 +254,13 @@ class PHN(Method):
         return model.eval()
 
     # ----------------------------------------------------------------------------- method
-    def fit(self, train, val, *, device, verbose: bool = True) -> None:
-        device = torch.device(device)
-        start = time.time()
+    def _fit(self, train: Iterable, val: Iterable, device: torch.device, verbose: bool) -> None:
         self._build()
         self.target.to(device)
         self.hypernet.to(device)
-        val_batches = take_batches(val, self.val_batches)
         n = len(self.tasks)
-        if self.loss_scales is None:
-            self.loss_scales = untrained_loss_scales(
-                self._materialise(np.full(n, 1.0 / n)), self.tasks, val_batches[: self.scale_batches], device
-            )
+        # the default scales come from the untrained target at the equal preference
+        val_batches = self._validation_batches(val, device, lambda: self._materialise(np.full(n, 1.0 / n)))
         scales = self.loss_scales.to(device)
         steps = self.steps.total
         if steps < 1:
@@ -313,7 +295,6 @@ class PHN(Method):
         self.target.eval()
         self.history = {"train_loss": [entry["loss"] for entry in result.log], "history": result.history,
                         "best_step": keep.steps["val_score"], "best_score": keep.scores["val_score"]}
-        self.train_seconds = time.time() - start
 
     def _validate(self, val_batches: Sequence, device: torch.device) -> tuple[np.ndarray, float]:
         """Per-preference task losses ``[P, N]`` over the fixed validation preferences, and the mean

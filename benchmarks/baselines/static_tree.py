@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from affinity.branching import branching_tree, tree_cost
 from affinity.rsa import AffinityResult
 from affinity.tree import Tree
 from dymu.derived import DerivedModel
-from dymu.preferences import normalize_preferences
-from dymu.tasks import Task, check_tasks
+from dymu.tasks import Task
 
-from ..methods import Method, StepBudget
+from ..methods import StepBudget
 from ..protocol.training_budget import allocation
-from .common import (
-    BackboneFactory,
-    as_loss_scales,
-    block_flops,
-    fresh_backbone,
-    take_batches,
-    train_static,
-    tree_network,
-    untrained_loss_scales,
-)
+from .base import SingleModelBaseline
+from .common import BackboneFactory, block_flops, fresh_backbone, tree_network
 
 __all__ = ["StaticTree"]
 
 
-class StaticTree(Method):
+class StaticTree(SingleModelBaseline):
     """The tree ``affinity.branching_tree(affinity, extra_share=extra_share, layer_costs=block FLOPs)``, trained from
     scratch as one multi-task network on ``sum_i w_i L_i / N`` (the equal preference).
 
@@ -49,17 +39,20 @@ class StaticTree(Method):
             :func:`affinity.branching_tree`. Not a ``build_model`` budget (a fraction of the anchor's FLOPs).
         loss_scales: ``w_i`` ``[N]`` (default: ``1 / L_i`` of the untrained network on validation batches).
         seed: initialisation seed.
-        lr, weight_decay, eval_every, val_batches: as for :class:`~benchmarks.baselines.HardSharing`.
+        lr, weight_decay, eval_every, val_batches, scale_batches, name: as for
+            :class:`~benchmarks.baselines.base.Baseline`.
 
     Attributes:
         tree: the architecture (known from construction on; node ids are canonical).
         layer_flops: FLOPs of one sample through each block (the costs the tree was chosen with).
+        model, result: as for :class:`~benchmarks.baselines.base.SingleModelBaseline`.
 
     One model serves every preference: ``model_for(r)`` returns the same network for any ``r``, and
     ignores ``c`` and ``budget`` (its cost is fixed).
     """
 
     name = "static_tree"
+    model: DerivedModel | None
 
     def __init__(
         self,
@@ -78,49 +71,23 @@ class StaticTree(Method):
         scale_batches: int = 10,
         name: str = "static_tree",
     ):
-        super().__init__()
-        self.backbone_factory = backbone_factory
-        self.tasks = check_tasks(tasks)
-        self.task_names = [t.name for t in self.tasks]
-        self.steps = steps
+        super().__init__(backbone_factory, tasks, steps, loss_scales, seed, lr=lr, weight_decay=weight_decay,
+                         eval_every=eval_every, val_batches=val_batches, scale_batches=scale_batches, name=name)
         self.extra_share = float(extra_share)
         self.layer_flops = block_flops(fresh_backbone(backbone_factory, seed))
         self.tree: Tree = branching_tree(affinity, self.task_names, extra_share=self.extra_share, layer_costs=self.layer_flops)
-        self.loss_scales = None if loss_scales is None else as_loss_scales(loss_scales, len(self.tasks))
-        self.seed = int(seed)
-        self.lr, self.weight_decay = lr, weight_decay
-        self.eval_every, self.val_batches, self.scale_batches = eval_every, val_batches, scale_batches
-        self.name = name
-        self.model: DerivedModel | None = None
-        self.result: dict | None = None
 
     @property
     def tree_flops(self) -> float:
         """FLOPs of one sample through the tree's blocks (heads excluded)."""
         return tree_cost(self.tree, self.layer_flops)
 
-    def fit(self, train, val, *, device, verbose: bool = True) -> None:
-        device = torch.device(device)
-        start = time.time()
-        val_batches = take_batches(val, self.val_batches)
+    def _fit(self, train: Iterable, val: Iterable, device: torch.device, verbose: bool) -> None:
         model = tree_network(self.backbone_factory, self.tasks, self.tree, self.seed).to(device)
-        if self.loss_scales is None:
-            self.loss_scales = untrained_loss_scales(model, self.tasks, val_batches[: self.scale_batches], device)
-        n = len(self.tasks)
-        weights = self.loss_scales / n
-        self.result = train_static(
-            model, self.tasks, train, val_batches, weights, steps=allocation("static_tree", self.steps).steps, device=device,
-            lr=self.lr, weight_decay=self.weight_decay, eval_every=self.eval_every, desc=self.name, verbose=verbose,
-        )
+        val_batches = self._validation_batches(val, device, lambda: model)
+        self.result = self._train_static(model, train, val_batches, self.equal_preference_weights(),
+                                         steps=allocation("static_tree", self.steps).steps, device=device,
+                                         desc=self.name, verbose=verbose)
         model.info.update({"method": self.name, "extra_share": self.extra_share, "tree": self.tree.to_dict()})
         self.model = model
-        self.train_seconds = time.time() - start
 
-    def model_for(self, preference, *, c=None, budget=None) -> nn.Module:
-        if self.model is None:
-            raise ValueError(f"{self.name}: call fit() first")
-        normalize_preferences(preference, self.task_names)  # the same checks as every method's
-        return self.model.eval()
-
-    def stored_modules(self) -> Sequence[nn.Module]:
-        return [] if self.model is None else [self.model]
