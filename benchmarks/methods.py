@@ -156,6 +156,25 @@ class ControllerMethod(Method):
         self.controller = ctrl
         self.train_seconds = time.time() - start
 
+    def stage0_streams(self) -> dymu.anchor.AnchorNet:
+        """The controller's single-task streams as stage 0 left them (the teacher of the distillation
+        baselines, the start of the single-task baseline).
+
+        Raises:
+            ValueError: the supernet stage fine-tuned the anchor and no copy of the stage-0 streams exists
+                (a controller restored without its teacher file).
+        """
+        ctrl = self.controller
+        if ctrl is None:
+            raise ValueError(f"{self.name}: call fit() first")
+        if self.teacher is not None:
+            return self.teacher
+        supernet = ctrl.stages.get("supernet")
+        if supernet and not supernet.get("kept_stage0", False):
+            raise ValueError(f"{self.name}: the supernet stage fine-tuned the anchor and the stage-0 streams were not kept "
+                             "(restore the teacher file beside the controller, or retrain)")
+        return ctrl.anchor
+
     def model_for(self, preference, *, c=None, budget=None) -> nn.Module:
         if self.controller is None:
             raise ValueError(f"{self.name}: call fit() first")
@@ -213,8 +232,7 @@ class SingleTask(Method):
         if ctrl is None:
             raise ValueError("single_task: fit the controller first")
         start = time.time()
-        teacher = getattr(self.source, "teacher", None)
-        stage0 = teacher if teacher is not None else ctrl.anchor
+        stage0 = self.source.stage0_streams()
         # the controller's later stages freeze its anchor; the copy trains again
         anchor = copy.deepcopy(stage0).to(device).requires_grad_(True)
         extra = allocation(self.name, self.source.steps).part("continuation")

@@ -227,8 +227,7 @@ class BenchmarkRun:
                                         loss_scales=ctrl.loss_scales, seed=seed)
         if name == "distilled_trunk":
             # the teachers are the frozen stage-0 streams: a copy where a later stage fine-tunes the anchor in place
-            teacher = getattr(dymu_method, "teacher", None)
-            return DistilledTrunk(dymu.backbones.lenet, tasks, steps, ctrl.anchor if teacher is None else teacher,
+            return DistilledTrunk(dymu.backbones.lenet, tasks, steps, dymu_method.stage0_streams(),
                                   loss_scales=ctrl.loss_scales, seed=seed)
         if name == "cross_stitch":
             return CrossStitch(dymu.backbones.lenet, tasks, steps, loss_scales=ctrl.loss_scales, seed=seed)

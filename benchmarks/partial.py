@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 import dymu
+from dymu.supernet import frozen_copy
 from dymu.checkpoint import atomic_torch_save
 
 from .config import RunConfig
@@ -135,6 +136,6 @@ def load_controller_method(method: Any, config: RunConfig, seed: int, device: to
     ctrl = dymu.Controller.load(path, tasks=fresh.tasks, backbone=copy.deepcopy(fresh.anchor.backbone)).to(device)
     method.controller = ctrl
     if teacher_path(config, seed).exists():
-        teacher = copy.deepcopy(ctrl.anchor)
+        teacher = frozen_copy(ctrl.anchor)
         teacher.load_state_dict(torch.load(teacher_path(config, seed), map_location=device, weights_only=True))
-        method.teacher = teacher.eval()
+        method.teacher = teacher

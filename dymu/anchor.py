@@ -26,16 +26,21 @@ __all__ = ["AnchorNet", "batchnorm_layers", "frozen_batchnorm_statistics", "run_
 def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
     """Run ``module`` in train mode (batch statistics) without moving its running statistics.
 
-    Sets every BatchNorm's momentum to 0 (running = 1 * running + 0 * batch) and restores it after.
+    Sets every BatchNorm's momentum to 0 (running = 1 * running + 0 * batch) and restores it after, with
+    the batch counters (which a layer with ``momentum=None`` would average by).
     """
-    saved = [(m, m.momentum) for m in module.modules() if isinstance(m, BatchNorm)]
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in module.modules() if isinstance(m, BatchNorm)]
     try:
-        for m, _ in saved:
+        for m, _, _ in saved:
             m.momentum = 0.0
         yield
     finally:
-        for m, momentum in saved:
-            m.momentum = momentum
+        with torch.no_grad():
+            for m, momentum, tracked in saved:
+                m.momentum = momentum
+                if tracked is not None:
+                    m.num_batches_tracked.copy_(tracked)
 
 
 class AnchorNet(nn.Module):

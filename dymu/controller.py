@@ -361,14 +361,19 @@ class Controller:
         over the first ``val_samples`` validation images) and the best state is kept, the stage-0
         streams included: the stage switches itself off when it does not help on validation. The
         per-task validation losses of the anchor tree and of the cheapest tree before and after are in
-        ``stages["supernet"]["trees"]``. Checkpoints as in :meth:`fit_anchor`.
+        ``stages["supernet"]["trees"]``. Checkpoints as in :meth:`fit_anchor`. ``steps=0`` skips the stage
+        (nothing is recorded). One process only: under ``torchrun``, train it on one rank, ``save`` the
+        controller and ``dymu.load`` it on every rank.
         """
         config = self._seeded(config or SupernetConfig(), steps)
         device = self._device(device)
+        if config.steps == 0:
+            return {"skipped": True}
         if "anchor" not in self.stages:
             raise ValueError("train the streams first: fit_anchor(train, val)")
         if "edge" in self.stages:
             raise ValueError("the supernet stage comes before the edge hypernet: fit_supernet, then fit_edge")
+        self.anchor.to(device)
         teacher = frozen_copy(self.anchor)
         batches = _first_samples(val, val_samples) if val is not None else None
         if batches is not None:

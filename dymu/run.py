@@ -140,7 +140,9 @@ def train_from_config(config: RunConfig | str | Path, *, verbose: bool = True, r
     timed("anchor", lambda: ctrl.fit_anchor(
         train, val, config=AnchorConfig(steps=steps["anchor"], eval_every=eval_every, seed=config.seed), **saving))
     timed("affinity", lambda: ctrl.fit_affinity(train, device=device))
-    timed("supernet", lambda: ctrl.fit_supernet(train, val, config=SupernetConfig(steps=steps["supernet"], seed=config.seed), **saving))
+    if steps["supernet"] > 0:  # the paper preset has no supernet stage
+        timed("supernet", lambda: ctrl.fit_supernet(train, val, config=SupernetConfig(steps=steps["supernet"], seed=config.seed),
+                                                    **saving))
     timed("edge", lambda: ctrl.fit_edge(train, val, config=EdgeConfig(steps=steps["edge"], seed=config.seed), **saving))
     timed("weights", lambda: ctrl.fit_weights(
         train, val, config=WeightConfig(steps=steps["weights"], seed=config.seed, bn_stats=ctrl.bn_stats), **saving))

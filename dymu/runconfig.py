@@ -31,7 +31,7 @@ A config names the task set, the data and the backbone either as a registered na
 Step defaults (preset ``"cpu"``): anchor 2 epochs, supernet 1 epoch, edge 1 epoch, weights 0.5 epoch of
 the training data, capped at 3000 / 1500 / 2000 / 1000 steps (the paper's 30,000 per stage take hours on
 a CPU); when the training data has no ``len()``, 600 / 300 / 400 / 200 steps. Preset ``"paper"``: 30,000
-steps per stage (10,000 for the supernet stage) (the presets of :mod:`dymu.stage_configs`, shared with ``AnchorConfig.preset()`` and
+steps per stage and no supernet stage (``[supernet] steps = 0`` skips it under any preset) (the presets of :mod:`dymu.stage_configs`, shared with ``AnchorConfig.preset()`` and
 the other stage configs). A stage table overrides either.
 
 Every stage writes a checkpoint to ``out/checkpoints/<stage>.pt`` at its end (and every
@@ -199,7 +199,8 @@ def parse_config(raw: Mapping[str, Any], path: str | Path = "<config>") -> RunCo
             raise ConfigError(f"{path}: [{stage}] gives both steps and epochs; give one")
         steps = _typed(table, f"{stage}.steps", int, path, "a positive integer", None)
         epochs = _typed(table, f"{stage}.epochs", (int, float), path, "a positive number", None)
-        if (steps is not None and steps < 1) or (epochs is not None and not epochs > 0):
+        # 0 supernet steps skip that stage; every other stage must train
+        if (steps is not None and steps < (0 if stage == "supernet" else 1)) or (epochs is not None and not epochs > 0):
             key, value = (f"{stage}.steps", steps) if steps is not None else (f"{stage}.epochs", epochs)
             raise ConfigError(f"{_where(path, key)} must be positive, got {value!r}")
         stages[stage] = StageSteps(steps, None if epochs is None else float(epochs))

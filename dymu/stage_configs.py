@@ -28,8 +28,8 @@ STAGES = ("anchor", "supernet", "edge", "weights")
 #: per preset and stage: (epochs, cap on the steps those epochs give, steps when the data's length is unknown)
 PRESETS: dict[str, dict[str, tuple[float | None, int | None, int]]] = {
     "cpu": {"anchor": (2.0, 3000, 600), "supernet": (1.0, 1500, 300), "edge": (1.0, 2000, 400), "weights": (0.5, 1000, 200)},
-    # the paper has no supernet stage: [choice] a third of stage 0's length
-    "paper": {"anchor": (None, None, 30000), "supernet": (None, None, 10000), "edge": (None, None, 30000),
+    # the paper has no supernet stage: its preset skips it
+    "paper": {"anchor": (None, None, 30000), "supernet": (None, None, 0), "edge": (None, None, 30000),
               "weights": (None, None, 30000)},
 }
 
@@ -138,7 +138,7 @@ class SupernetConfig(_Presets):
 
     Attributes:
         steps: default 300, the ``"cpu"`` preset for data of unknown length (:meth:`preset`: one
-            epoch, at most 1500; :meth:`paper`: 10,000).
+            epoch, at most 1500; :meth:`paper`: 0, the paper has no such stage). 0 skips the stage.
         lr, weight_decay: Adam on the streams, heads and distillation adaptors, cosine decay to 0.
             [choice] 3e-4: a fine-tune of trained streams, a third of stage 0's rate.
         budget_trees: trees per step drawn across the budget range, besides the anchor tree and a
@@ -146,6 +146,8 @@ class SupernetConfig(_Presets):
         distill_weight: ``lambda`` of the feature distillation toward the frozen single-task streams.
         distill: ``"features"`` (default) or ``"none"`` (the sandwich alone, for ablations).
         dirichlet_alpha: preferences of the budget trees ``r ~ Dirichlet(alpha)``.
+        bn: ``"batch"`` (default) or ``"anchor"``: BatchNorm statistics of the trees other than the anchor
+            tree (see :mod:`dymu.supernet`).
         eval_every: with validation data, score the supernet every this many steps (and at the end;
             None: four times); the best state, the frozen streams (step 0) included, is kept.
         seed: seeds tree draws (None: the controller's seed).
@@ -160,12 +162,15 @@ class SupernetConfig(_Presets):
     distill_weight: float = 1.0
     distill: str = "features"
     dirichlet_alpha: float = 1.0
+    bn: str = "batch"
     eval_every: int | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0 (0 skips the stage), got {self.steps}")
+        if self.bn not in ("batch", "anchor"):
+            raise ValueError(f"bn must be 'batch' or 'anchor', got {self.bn!r}")
         if self.budget_trees < 0:
             raise ValueError(f"budget_trees must be >= 0, got {self.budget_trees}")
         if self.distill not in ("features", "none"):

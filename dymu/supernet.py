@@ -18,9 +18,11 @@ the adaptor lets a shared feature differ from each teacher's by a linear map, so
 task's information without forcing two tasks' features to be equal. Adaptors exist only in training;
 derived models and the cost table never contain them.
 
-BatchNorm: every tree trains on batch statistics, but only the anchor tree's pass moves the running
-statistics, so they stay the statistics of each node on its own stream (what the weight hypernet's
-BatchNorm deltas are learnt against).
+BatchNorm: only the anchor tree's pass moves the running statistics, so they stay the statistics of each
+node on its own stream (what the weight hypernet's BatchNorm deltas are learnt against). The other trees
+train on batch statistics (``bn="batch"``, the default, the one the benchmarks measured) or, with
+``bn="anchor"``, on those running statistics, as derived trees and the later stages run them (not yet
+compared on validation).
 """
 
 from __future__ import annotations
@@ -147,6 +149,26 @@ def _teacher_features(teacher: AnchorNet, x: Tensor) -> list[Tensor]:
     return out
 
 
+def _bn_context(anchor: AnchorNet, other_tree: bool, bn: str):
+    """How BatchNorm runs for one tree of the sandwich (see :class:`SupernetConfig` ``bn``)."""
+    if not other_tree:
+        return contextlib.nullcontext()
+    return frozen_batchnorm_statistics(anchor) if bn == "batch" else _batchnorm_eval(anchor)
+
+
+@contextlib.contextmanager
+def _batchnorm_eval(module: nn.Module):
+    """BatchNorm layers in eval mode (running statistics; affine parameters still trained), restored after."""
+    layers = [(m, m.training) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        for m, _ in layers:
+            m.eval()
+        yield
+    finally:
+        for m, was in layers:
+            m.train(was)
+
+
 def train_supernet(
     anchor: AnchorNet,
     teacher: AnchorNet,
@@ -173,7 +195,8 @@ def train_supernet(
     "resumed_at"}``; ``best_step`` 0 means the stage-0 streams were kept (``initial_score``: theirs).
     """
     if rank_world()[1] > 1:
-        raise ValueError("the supernet stage runs in one process; under torchrun, train it on one rank and load it on all")
+        raise ValueError("the supernet stage runs in one process: under torchrun, train it in one process, "
+                         "Controller.save the result and dymu.load it on every rank before fit_edge")
     names = [t.name for t in tasks]
     seed = 0 if config.seed is None else int(config.seed)
     rng = np.random.default_rng(seed)
@@ -197,7 +220,7 @@ def train_supernet(
         task_total = distil_total = 0.0
         for index, (assignment, r) in enumerate(drawn):
             # only the anchor tree's pass moves the running statistics (see the module docstring)
-            with frozen_batchnorm_statistics(anchor) if index > 0 else contextlib.nullcontext():
+            with _bn_context(anchor, index > 0, config.bn):
                 outputs, features = tree_features(anchor, assignment, x)
             weights = torch.as_tensor(r * len(names), dtype=torch.float32, device=device) * scales
             task_loss = x.new_zeros(())

@@ -146,7 +146,8 @@ def train_anchor(
     checkpoint was resumed from, 0 for a fresh start; stages 1 and 2 return it too).
     """
     names = [t.name for t in tasks]
-    anchor.to(device).train()
+    # later stages freeze the anchor; stage 0 (again) trains it
+    anchor.to(device).train().requires_grad_(True)
     model = maybe_ddp(anchor, device)
     optimizer = config.make_optimizer(anchor.parameters())
     scheduler = config.make_scheduler(optimizer)

@@ -255,7 +255,7 @@ def test_step_defaults_and_preset(tmp_path):
     assert stage_steps(config, 100_000) == {"anchor": 3000, "supernet": 1500, "edge": 2000, "weights": 1000}  # capped
     assert stage_steps(config, None) == {"anchor": 600, "supernet": 300, "edge": 400, "weights": 200}  # data without len()
     paper = parse_config({**base, "preset": "paper", "weights": {"epochs": 0.25}}, tmp_path / "c.toml")
-    assert stage_steps(paper, 400) == {"anchor": 30000, "supernet": 10000, "edge": 30000, "weights": 100}
+    assert stage_steps(paper, 400) == {"anchor": 30000, "supernet": 0, "edge": 30000, "weights": 100}  # the paper has no supernet
     with pytest.raises(ConfigError, match=r"\[weights\] epochs = 0.25 needs the training data's len\(\)"):
         stage_steps(paper, None)
     (tmp_path / "c.toml").write_text('tasks = "multifashion"\nout = "x"\n[data]\nsource = "multifashion"\n[backbone]\nname = "lenet"\n')

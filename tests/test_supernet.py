@@ -133,3 +133,40 @@ def test_same_seed_same_supernet():
                           val_samples=32)
         states.append(ctrl.anchor.state_dict())
     assert _states_equal(*states)
+
+
+def test_zero_steps_skip_the_stage_and_stage0_can_train_again_after_it():
+    ctrl, data = _trained(anchor_steps=2)
+    before = {k: v.clone() for k, v in ctrl.anchor.state_dict().items()}
+    assert ctrl.fit_supernet(data, data[:1], steps=0, verbose=False) == {"skipped": True}
+    assert "supernet" not in ctrl.stages and _states_equal(before, ctrl.anchor.state_dict())
+    ctrl.fit_supernet(data, data[:1], config=dymu.SupernetConfig(steps=2, bn="anchor"), verbose=False, val_samples=32)
+    assert not any(p.requires_grad for p in ctrl.anchor.parameters())
+    ctrl.fit_anchor(data, steps=1, verbose=False)  # the frozen anchor trains again
+    with pytest.raises(ValueError, match=r"bn must be 'batch' or 'anchor'"):
+        dymu.SupernetConfig(bn="mixed")
+
+
+def test_frozen_statistics_keep_the_batch_counters():
+    from dymu.anchor import frozen_batchnorm_statistics
+
+    bn = torch.nn.BatchNorm2d(3, momentum=None)  # a cumulative average: the counter is its weight
+    bn.train()
+    with frozen_batchnorm_statistics(bn):
+        bn(torch.randn(4, 3, 2, 2))
+    assert int(bn.num_batches_tracked) == 0 and bn.momentum is None
+    assert torch.equal(bn.running_mean, torch.zeros(3))
+
+
+def test_the_benchmarks_refuse_fine_tuned_streams_as_stage0_ones():
+    from benchmarks.methods import ControllerMethod, StepBudget
+
+    ctrl, data = _trained(anchor_steps=2)
+    method = ControllerMethod(lambda: ctrl, StepBudget(1, 1, 1))
+    method.controller = ctrl
+    assert method.stage0_streams() is ctrl.anchor  # no supernet stage: the anchor is stage 0's
+    ctrl.stages["supernet"] = {"kept_stage0": False}
+    with pytest.raises(ValueError, match=r"stage-0 streams were not kept"):
+        method.stage0_streams()
+    method.teacher = frozen_copy(ctrl.anchor)
+    assert method.stage0_streams() is method.teacher
