@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = json.loads(args.results.read_text())
     except json.JSONDecodeError as error:
         parser.error(f"{args.results} is not a JSON results file: {error}")
+    if not results.get("protocol") or not results.get("methods"):
+        parser.error(f"{args.results} has no summarised results yet (a run summarises a seed once its single-task "
+                     "baseline is evaluated); finish it with python -m benchmarks.run ... --resume")
     print(protocol.format_markdown(retarget(results)))
     return 0
 

@@ -158,3 +158,7 @@ def test_reprint_decides_the_targets_again_from_the_file(tiny_run, capsys):
     assert "Shared-node targets:" in printed and "dymu hv at budget=1 > cross_stitch hv" in printed
     with pytest.raises(SystemExit):
         reprint.main([str(out / "missing.json")])
+    (out / "partial.json").write_text(json.dumps({**results, "protocol": None}))
+    with pytest.raises(SystemExit):
+        reprint.main([str(out / "partial.json")])
+    assert "has no summarised results yet" in capsys.readouterr().err
