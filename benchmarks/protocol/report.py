@@ -79,9 +79,11 @@ def format_markdown(results: dict[str, Any]) -> str:
     seeds = results["seeds"]
     subset = any("hv_subset" in m for row in results["methods"].values() for m in row["settings"].values())
     hs = results["methods"].get("hard_sharing", {})
+    steps = results["steps"]
+    stages = "anchor/supernet/edge/weights" if steps.get("supernet") else "anchor/edge/weights"
+    counts = "/".join(str(steps[k]) for k in stages.split("/"))
     lines = [
-        f"**{results['benchmark']}** ({results['mode']}, seeds {seeds}; steps anchor/edge/weights "
-        f"{results['steps']['anchor']}/{results['steps']['edge']}/{results['steps']['weights']}; HV in {space['units']}, "
+        f"**{results['benchmark']}** ({results['mode']}, seeds {seeds}; steps {stages} {counts}; HV in {space['units']}, "
         f"reference point {ref}; mean ± std over seeds)",
         "",
         f"| method | setting | {hv_header(space)} |" + (" HV, hard-sharing prefs |" if subset else "")
