@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import dymu
-from dymu.anchor import tree_forward
+from dymu.anchor import tree_losses
 
 from .config import RunConfig
 from .protocol import EVAL_CS, cost_preferences, format_number
@@ -83,21 +83,10 @@ def supernet_effect(ctrl: dymu.Controller, teacher: torch.nn.Module, test, devic
     out: dict[str, Any] = {}
     for name, tree in trees.items():
         assignment = tuple(tuple(row) for row in tree["assignment"])
-        out[name] = {"assignment": tree["assignment"],
-                     "before": _tree_test_losses(teacher, ctrl.tasks, assignment, test, device),
-                     "after": _tree_test_losses(ctrl.anchor, ctrl.tasks, assignment, test, device)}
+        losses = {}
+        for when, anchor in (("before", teacher), ("after", ctrl.anchor)):
+            anchor.eval()
+            losses[when] = tree_losses(anchor, ctrl.tasks, assignment, test, device).tolist()
+        out[name] = {"assignment": tree["assignment"], **losses}
     out["kept_stage0"] = bool(record.get("kept_stage0"))
     return out
-
-
-@torch.no_grad()
-def _tree_test_losses(anchor, tasks, assignment, data, device) -> list[float]:
-    totals, count = np.zeros(len(tasks)), 0
-    anchor.eval()
-    for x, targets in data:
-        x = x.to(device)
-        outputs = tree_forward(anchor, assignment, x)
-        n = x.shape[0]
-        totals += [float(t.loss(outputs[t.name], targets[t.name].to(device))) * n for t in tasks]
-        count += n
-    return (totals / max(count, 1)).tolist()

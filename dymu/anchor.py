@@ -19,7 +19,7 @@ from .adaptation import BatchNorm, BatchNormLayout, adapt_head_input, adapted_pa
 from .backbones.base import BlockBackbone
 from .tasks import Task
 
-__all__ = ["AnchorNet", "batchnorm_layers", "frozen_batchnorm_statistics", "run_tree", "tree_forward"]
+__all__ = ["AnchorNet", "batchnorm_layers", "frozen_batchnorm_statistics", "run_tree", "tree_forward", "tree_losses"]
 
 
 @contextlib.contextmanager
@@ -199,3 +199,25 @@ def tree_forward(
 
     outputs = run_tree(assignment, x, run_node, run_head, anchor.skip_layers)
     return dict(zip(anchor.task_names, outputs))
+
+
+@torch.no_grad()
+def tree_losses(
+    anchor: AnchorNet,
+    tasks: Sequence[Task],
+    assignment: Sequence[Sequence[int]],
+    batches: Sequence[tuple[Tensor, dict[str, Tensor]]],
+    device: torch.device,
+    node_deltas: Callable[[int, int], Sequence[tuple[Tensor, Tensor]] | None] | None = None,
+    head_adaptation: Callable[[int], Tensor | None] | None = None,
+) -> Tensor:
+    """Each task's mean loss ``[N]`` over ``batches`` for one tree of ``anchor`` (as it is: the caller sets
+    train or eval mode), adaptations as in :func:`tree_forward`."""
+    totals, count = torch.zeros(len(tasks), device=device), 0
+    for x, targets in batches:
+        x = x.to(device)
+        outputs = tree_forward(anchor, assignment, x, node_deltas, head_adaptation)
+        n = x.shape[0]
+        totals += torch.stack([t.loss(outputs[t.name], targets[t.name].to(device)).float() for t in tasks]) * n
+        count += n
+    return totals / max(count, 1)

@@ -37,7 +37,7 @@ from affinity.rsa import AffinityResult, rsa_affinity
 from hyper import EdgeHypernet, WeightHypernet, tree_code
 
 from .adaptation import Adaptation, BatchNorm
-from .anchor import AnchorNet, tree_forward
+from .anchor import AnchorNet, tree_losses
 from .backbones.base import BlockBackbone
 from .budget import CostTable
 from .checks import check_batch
@@ -56,7 +56,6 @@ from .training import (
     EdgeConfig,
     WeightConfig,
     evaluate_streams,
-    to_device,
     train_anchor,
     train_edge,
     train_weights,
@@ -161,8 +160,11 @@ class Controller:
     @property
     def planner(self) -> Planner:
         """The planner over the current edge hypernet, cost table, affinity and control mode."""
-        matrix = np.asarray(self.affinity.matrix) if self.affinity is not None else None
-        return Planner(self.edge, self.cost_table, self.task_names, matrix, self.control, self.search)
+        return Planner(self.edge, self.cost_table, self.task_names, self._affinity_matrix(), self.control, self.search)
+
+    def _affinity_matrix(self) -> np.ndarray | None:
+        """``[N, N]`` task affinity (None before :meth:`fit_affinity`)."""
+        return np.asarray(self.affinity.matrix) if self.affinity is not None else None
 
     def _device(self, device: str | torch.device | None) -> torch.device:
         if device is None:
@@ -177,14 +179,18 @@ class Controller:
         config = config if config.seed is not None else replace(config, seed=self.seed)
         return config if steps is None else replace(config, steps=steps)
 
-    def _selector(self, val: Iterable | None, val_samples: int, adapted: bool):
-        """The validation score of stages 1 and 2 on the first ``val_samples`` of ``val`` (None without ``val``)."""
-        if val is None:
+    def _selector(self, batches: list | None, adapted: bool):
+        """The validation score of stages 1 and 2 on ``batches`` (None without validation batches)."""
+        if batches is None:
             return None
+        return lambda: self._validation_score(batches, adapted=adapted)
+
+    def _validation_batches(self, val: Iterable, val_samples: int) -> list:
+        """The first ``val_samples`` of ``val``, each batch checked (:func:`dymu.checks.check_batch`)."""
         batches = _first_samples(val, val_samples)
         for index, (x, targets) in enumerate(batches):
             check_batch(x, targets, self.tasks, stage="validation", step=None, batch=index)
-        return lambda: self._validation_score(batches, adapted=adapted)
+        return batches
 
     def _record(self, stage: str, config, result: dict[str, Any]) -> dict[str, Any]:
         self.stages[stage] = {
@@ -307,15 +313,17 @@ class Controller:
         budgets = [low + f * (1 - low) for f in (0.25, 0.6)] + [1.0]
         return [(p, b, None) for p in prefs for b in budgets]
 
-    def _validation_score(self, batches: list, adapted: bool) -> float:
-        """Mean over :meth:`validation_requests` of ``sum_i r_i w_i L_i`` on ``batches`` (lower is better)."""
+    def _validation_score(self, batches: list, adapted: bool, requests: Sequence[tuple] | None = None,
+                          planner: Planner | None = None) -> float:
+        """Mean over ``requests`` ``(r, budget, c)`` (default :meth:`validation_requests`) of ``sum_i r_i w_i L_i``
+        on ``batches`` for the trees ``planner`` (default :attr:`planner`) builds (lower is better)."""
         device = self._device(None)
-        planner = self.planner
+        planner = planner or self.planner
         scales = self.loss_scales.to(device)
         cache: dict[tuple, Tensor] = {}
         scores = []
         with torch.no_grad():
-            for r, budget, c in self.validation_requests():
+            for r, budget, c in requests if requests is not None else self.validation_requests():
                 plan = planner.plan(r, budget, c)
                 adaptation = self._adaptation(plan) if adapted else None
                 key = (plan.tree.assignment, None if adaptation is None else (tuple(r), plan.c))
@@ -325,18 +333,9 @@ class Controller:
         return float(np.mean(scores))
 
     def _tree_losses(self, assignment, adaptation: Adaptation | None, batches: list, device: torch.device) -> Tensor:
-        totals, count = torch.zeros(self.n_tasks, device=device), 0
-        for batch in batches:
-            x, targets = to_device(batch, device, self.task_names)
-            outputs = tree_forward(
-                self.anchor, assignment, x,
-                adaptation.node if adaptation is not None else None,
-                adaptation.head if adaptation is not None else None,
-            )
-            n = x.shape[0]
-            totals += torch.stack([t.loss(outputs[t.name], targets[t.name]).float() for t in self.tasks]) * n
-            count += n
-        return totals / max(count, 1)
+        return tree_losses(self.anchor, self.tasks, assignment, batches, device,
+                           adaptation.node if adaptation is not None else None,
+                           adaptation.head if adaptation is not None else None)
 
     # --------------------------------------------------------------------------- supernet
     def fit_supernet(
@@ -375,14 +374,10 @@ class Controller:
             raise ValueError("the supernet stage comes before the edge hypernet: fit_supernet, then fit_edge")
         self.anchor.to(device)
         teacher = frozen_copy(self.anchor)
-        batches = _first_samples(val, val_samples) if val is not None else None
-        if batches is not None:
-            for index, (x, targets) in enumerate(batches):
-                check_batch(x, targets, self.tasks, stage="validation", step=None, batch=index)
-        matrix = np.asarray(self.affinity.matrix) if self.affinity is not None else None
+        batches = self._validation_batches(val, val_samples) if val is not None else None
         before = self._supernet_trees(batches, device) if batches is not None else None
         result = train_supernet(
-            self.anchor, teacher, self.tasks, train, self.loss_scales, self.cost_table, matrix, config, device, verbose,
+            self.anchor, teacher, self.tasks, train, self.loss_scales, self.cost_table, self._affinity_matrix(), config, device, verbose,
             select=None if batches is None else (lambda: self._supernet_score(batches)),
             checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
         )
@@ -408,21 +403,11 @@ class Controller:
         return [(r, b) for r in prefs for b in budgets]
 
     def _merge_planner(self) -> Planner:
-        matrix = np.asarray(self.affinity.matrix) if self.affinity is not None else None
-        return Planner(self.edge, self.cost_table, self.task_names, matrix, "budget", "merge")
+        return Planner(self.edge, self.cost_table, self.task_names, self._affinity_matrix(), "budget", "merge")
 
     def _supernet_score(self, batches: list) -> float:
-        device = self._device(None)
-        planner, scales = self._merge_planner(), self.loss_scales.to(device)
-        losses: dict[tuple, Tensor] = {}
-        scores = []
-        with torch.no_grad():
-            for r, budget in self.supernet_requests():
-                assignment = planner.plan(r, budget).tree.assignment
-                if assignment not in losses:
-                    losses[assignment] = self._tree_losses(assignment, None, batches, device)
-                scores.append(float((torch.as_tensor(r, dtype=torch.float32, device=device) * scales * losses[assignment]).sum()))
-        return float(np.mean(scores))
+        requests = [(r, budget, None) for r, budget in self.supernet_requests()]
+        return self._validation_score(batches, adapted=False, requests=requests, planner=self._merge_planner())
 
     @torch.no_grad()
     def _supernet_trees(self, batches: list, device: torch.device) -> dict[str, tuple[tuple, list[float]]]:
@@ -461,16 +446,17 @@ class Controller:
         self.edge.anchor_at_zero.fill_(config.control == "budget")
         self.bn_stats = config.bn_stats
         self._invalidate()
+        batches = self._validation_batches(val, val_samples) if val is not None else None
         result = train_edge(
             self.anchor, self.edge, self.tasks, train, self._affinity_tensor(), self.loss_scales, config, device, verbose,
-            cost_table=self.cost_table, select=self._selector(val, val_samples, adapted=False),
+            cost_table=self.cost_table, select=self._selector(batches, adapted=False),
             checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
         )
         self._record("edge", config, result)
-        if val is not None and self.control == "budget":
+        if batches is not None and self.control == "budget":
             best = result["selection"]["best_score"]
             known = {"hypernet": best} if best is not None else None
-            self.stages["edge"]["search"] = self.choose_search(_first_samples(val, val_samples), known)
+            self.stages["edge"]["search"] = self.choose_search(batches, known)
         return result
 
     def choose_search(self, batches: list, known: Mapping[str, float] | None = None) -> dict[str, Any]:
@@ -516,7 +502,8 @@ class Controller:
         self._invalidate()
         result = train_weights(
             self.anchor, self.edge, self.weight, self.tasks, train, self.loss_scales, config, device, verbose,
-            planner=self.planner, select=self._selector(val, val_samples, adapted=True),
+            planner=self.planner, select=self._selector(self._validation_batches(val, val_samples) if val is not None else None,
+                                                        adapted=True),
             checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
         )
         return self._record("weights", config, result)
