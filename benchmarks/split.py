@@ -1,0 +1,212 @@
+"""Choose, on validation, how the controller spends its training budget after stage 0.
+
+Under :data:`benchmarks.protocol.TRAINING_BUDGET_RULE` the controller's stages share one budget of
+``StepBudget.total`` steps, and only the stage-0 and supernet steps train features: the hypernets' steps
+change no weight of a path. This command trains stage 0 once, then one controller per candidate split of
+the remaining steps (supernet / edge / weights, same total) and supernet setting, and scores each on the
+validation split, never on test:
+
+* ``hv_full``: the hypervolume of the models built at budget 1 for the run's evaluation preferences;
+* ``hv_min``: the same at the minimum budget (one stream and the heads);
+* ``hv_mid``: the same halfway between them, where the edge hypernet's trees decide;
+* ``score = hv_full + hv_mid + hv_min``: across the budget range (its ends are what the single-network
+  baselines are compared with); the best candidate is chosen.
+
+The reference point is the run's (multifashion (2, 2); elsewhere the input-blind losses on the training split).
+
+Usage::
+
+    python -m benchmarks.split multifashion --full --seed 0 \\
+        --candidate supernet=500,edge=1000,weights=600 \\
+        --candidate supernet=1500,edge=400,weights=200,lr=0.001 --out benchmarks/results/split/multifashion.json
+
+Writes the JSON (config, seed, candidates with their scores, per-stage seconds, versions, commit) after every
+candidate and prints a markdown table of the candidates with the chosen one marked.
+
+>>> parse_candidate("supernet=1500,edge=400,weights=200,lr=0.001,distill=none")
+{'supernet': 1500, 'edge': 400, 'weights': 200, 'lr': 0.001, 'distill': 'none'}
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import dymu
+from dymu.checkpoint import versions
+from dymu.data import build_benchmark
+from dymu.data.datasets import TensorLoader
+from dymu.results import write_json
+from dymu.supernet import frozen_copy
+
+from . import protocol
+from .config import BENCHMARKS, make_config
+from .loaders import run_loaders
+from .methods import ControllerMethod, StepBudget
+from .orchestrate import git_state
+
+__all__ = ["parse_candidate", "score_candidates", "main"]
+
+#: the keys a candidate may set: the three step counts, then :class:`dymu.SupernetConfig` fields
+STEP_KEYS = ("supernet", "edge", "weights")
+SUPERNET_KEYS = {"lr": float, "distill_weight": float, "distill": str, "bn": str, "budget_trees": int}
+
+
+def parse_candidate(text: str) -> dict[str, Any]:
+    """``"supernet=1500,edge=400,weights=200,lr=0.001"`` -> a dict; the three step counts are required.
+
+    Raises:
+        ValueError: an unknown key, a missing step count, or a value of the wrong type, naming it.
+    """
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"candidate {text!r}: {part!r} is not KEY=VALUE")
+        if key in STEP_KEYS:
+            out[key] = int(value)
+        elif key in SUPERNET_KEYS:
+            try:
+                out[key] = SUPERNET_KEYS[key](value)
+            except ValueError:
+                raise ValueError(f"candidate {text!r}: {key} must be a {SUPERNET_KEYS[key].__name__}, got {value!r}") from None
+        else:
+            raise ValueError(f"candidate {text!r}: unknown key {key!r}; the keys are {[*STEP_KEYS, *SUPERNET_KEYS]}")
+    missing = [k for k in STEP_KEYS if k not in out]
+    if missing:
+        raise ValueError(f"candidate {text!r}: missing {missing} (every candidate names its three step counts)")
+    return out
+
+
+def _val_hv(method: ControllerMethod, tasks, val, preferences: np.ndarray, space: protocol.LossSpace, example) -> dict[str, Any]:
+    """Validation hypervolume and mean per-task losses at budget 1, halfway and at the minimum budget."""
+    low = float(method.controller.min_budget)
+    settings = {"full": protocol.Setting("budget=1", budget=1.0), "mid": protocol.Setting("budget=mid", budget=(1.0 + low) / 2),
+                "min": protocol.Setting("budget=min", budget=low)}
+    records = protocol.evaluate_method(method, tasks, val, preferences, list(settings.values()), example=example)
+    out: dict[str, Any] = {}
+    for key, setting in settings.items():
+        losses = np.array([r.losses for r in records if r.setting == setting.name])
+        out[f"hv_{key}"] = protocol.hv_of(space, losses)
+        out[f"mean_loss_{key}"] = losses.mean(0).tolist()
+        out[f"distinct_trees_{key}"] = len({tuple(map(tuple, r.info.get("tree") or [])) for r in records if r.setting == setting.name})
+    out["score"] = out["hv_full"] + out["hv_mid"] + out["hv_min"]
+    return out
+
+
+def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict[str, Any]], *, out: Path,
+                     threads: int | None = None, data_root: str | None = None, command: str = "") -> dict[str, Any]:
+    """Train stage 0 once and one controller per candidate on it; score each on validation (see the module
+    docstring). Writes ``out`` after every candidate and returns what it wrote.
+
+    Raises:
+        ValueError: a candidate whose steps do not add up to the preset's total with its stage-0 steps.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    config = make_config(benchmark, mode, seeds=[seed], data_root=data_root)
+    steps = config.steps
+    after_anchor = steps.total - steps.anchor
+    for cand in candidates:
+        if sum(cand[k] for k in STEP_KEYS) != after_anchor:
+            raise ValueError(f"candidate {cand}: supernet + edge + weights = {sum(cand[k] for k in STEP_KEYS)}, but the "
+                             f"{benchmark} {mode} budget leaves {after_anchor} steps after stage 0's {steps.anchor} "
+                             f"(total {steps.total}: every method's budget)")
+    say = lambda text: (sys.stderr.write(f"[split] {text}\n"), sys.stderr.flush())  # noqa: E731
+    bench = build_benchmark(benchmark, config.data_seed, config.limit, config.data_root)
+    tasks = bench.tasks()
+    train, val, _test = run_loaders(bench, config, seed)  # the test split is never read here
+    val_batches = list(val)
+    example = bench.val.batch(np.arange(1))[0]
+    preferences = protocol.evaluation_preferences(len(tasks), config.n_preferences)
+    blind = None
+    if benchmark not in protocol.HV_REFERENCE:
+        blind = protocol.input_blind_losses(tasks, TensorLoader(bench.train, config.eval_batch_size))
+
+    start = time.time()
+    say(f"{benchmark} ({mode}), seed {seed}: stage 0 ({steps.anchor} steps), then {len(candidates)} candidate(s) "
+        f"for the other {after_anchor} steps")
+    base = dymu.Controller(dymu.backbones.lenet(), tasks, seed=seed)
+    base.fit_anchor(train, val_batches, steps=steps.anchor, verbose=True)
+    base.fit_affinity(train)
+    stage0_seconds = time.time() - start
+    anchor_losses = base._tree_losses(tuple(tuple(range(len(tasks))) for _ in range(base.n_layers)), None, val_batches,
+                                      torch.device("cpu")).tolist()
+    space = protocol.loss_space(benchmark, anchor_losses, blind)
+    results: dict[str, Any] = {
+        "benchmark": benchmark, "mode": mode, "seed": seed, "command": command, "config": config.as_dict(),
+        "rule": "score = validation HV at budget 1 + halfway to the minimum budget + at the minimum budget; the highest is chosen",
+        "reference": list(space.reference), "stage0": {"steps": steps.anchor, "seconds": stage0_seconds,
+                                                       "val_anchor_losses": anchor_losses},
+        "candidates": [], "versions": versions(), "git": git_state(),
+    }
+    for index, cand in enumerate(candidates):
+        began = time.time()
+        say(f"candidate {index + 1}/{len(candidates)}: {cand}")
+        budget = StepBudget(steps.anchor, cand["edge"], cand["weights"], steps.batch_size, supernet=cand["supernet"])
+        supernet = replace(dymu.SupernetConfig(), **{k: v for k, v in cand.items() if k in SUPERNET_KEYS})
+        method = ControllerMethod(lambda: None, budget, edge_config=dymu.EdgeConfig(seed=seed),
+                                  weight_config=dymu.WeightConfig(seed=seed), supernet_config=supernet)
+        ctrl = copy.deepcopy(base)
+        method.teacher = frozen_copy(ctrl.anchor)
+        if cand["supernet"] > 0:
+            ctrl.fit_supernet(train, val_batches, config=replace(supernet, steps=cand["supernet"]))
+        ctrl.fit_edge(train, val_batches, config=replace(method.edge_config, steps=cand["edge"]))
+        if cand["weights"] > 0:
+            ctrl.fit_weights(train, val_batches, config=replace(method.weight_config, steps=cand["weights"]))
+        method.controller = ctrl
+        scored = _val_hv(method, tasks, val_batches, preferences, space, example)
+        kept = (ctrl.stages.get("supernet") or {}).get("kept_stage0")
+        results["candidates"].append({"candidate": cand, **scored, "supernet_kept_stage0": kept,
+                                      "seconds": time.time() - began})
+        say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f} "
+            f"({time.time() - began:.0f} s)")
+        best = int(np.argmax([c["score"] for c in results["candidates"]]))
+        results["chosen"] = results["candidates"][best]["candidate"]
+        write_json(out, results)
+    print(format_table(results))
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The candidates as a markdown table, the chosen one marked."""
+    lines = [f"**{results['benchmark']}** ({results['mode']}, seed {results['seed']}), validation only; {results['rule']}",
+             "", "| supernet / edge / weights | supernet setting | val HV budget 1 | val HV mid | val HV min | score | chosen |",
+             "|---|---|---|---|---|---|---|"]
+    for c in results["candidates"]:
+        cand = c["candidate"]
+        extra = ", ".join(f"{k}={v}" for k, v in cand.items() if k not in STEP_KEYS) or "default"
+        mark = "chosen" if cand == results.get("chosen") else ""
+        lines.append(f"| {cand['supernet']} / {cand['edge']} / {cand['weights']} | {extra} | {c['hv_full']:.4f} | "
+                     f"{c['hv_mid']:.4f} | {c['hv_min']:.4f} | {c['score']:.4f} | {mark} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.split", description=__doc__.split("\n\n")[0])
+    parser.add_argument("benchmark", choices=BENCHMARKS)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="mode", action="store_const", const="quick")
+    size.add_argument("--full", dest="mode", action="store_const", const="full")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--candidate", action="append", required=True, type=parse_candidate,
+                        help="KEY=VALUE,...: supernet, edge, weights steps (required), and lr, distill_weight, distill, bn, budget_trees")
+    parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data-root", default=None)
+    args = parser.parse_args(argv)
+    command = "python -m benchmarks.split " + " ".join(sys.argv[1:] if argv is None else argv)
+    return score_candidates(args.benchmark, args.mode or "quick", args.seed, args.candidate, out=args.out,
+                            threads=args.threads, data_root=args.data_root, command=command)
+
+
+if __name__ == "__main__":
+    main()
