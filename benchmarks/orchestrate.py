@@ -78,20 +78,24 @@ def static_tree_extra_share(cost: dict[str, Any]) -> float:
 
 
 def run_benchmark(config: RunConfig, *, command: str = "", log_stream: IO[str] | None = None, estimate_only: bool = False,
-                  resume: bool = False) -> dict[str, Any]:
+                  resume: bool = False, baselines_from: str | Path | None = None) -> dict[str, Any]:
     """Run every method of ``config`` for every seed, evaluate with the protocol, write JSON and plots.
 
     Returns the results dict (also written to ``config.out/<stem>.json``, after every method and at the end).
     With ``estimate_only`` the per-step costs are measured and the estimate returned; nothing is trained or
     written. With ``resume`` an interrupted run's file is continued: its finished (seed, method) entries are
     kept, the rest run (:mod:`benchmarks.partial`; ValueError naming the fields where ``config`` differs).
+    With ``baselines_from`` (a results file whose config differs at most in the controller's split after stage
+    0) the entries that do not depend on that split are taken over and the rest run
+    (:func:`benchmarks.partial.read_baselines`; a resumed file that already has entries wins).
     ``config.threads`` sets torch's CPU threads for the run (restored afterwards).
     """
     threads_before = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        run = BenchmarkRun(config, command, log_stream if log_stream is not None else sys.stderr, resume=resume)
+        run = BenchmarkRun(config, command, log_stream if log_stream is not None else sys.stderr, resume=resume,
+                           baselines_from=baselines_from)
         return run.estimate_only() if estimate_only else run.all()
     finally:
         torch.set_num_threads(threads_before)
@@ -101,8 +105,10 @@ class BenchmarkRun:
     """One benchmark run: the data, the protocol's fixed parts, the measured costs, and per method and seed
     its entry (records, cost, times; summarised once the seed's single-task metrics are known)."""
 
-    def __init__(self, config: RunConfig, command: str, stream: IO[str], *, resume: bool = False):
+    def __init__(self, config: RunConfig, command: str, stream: IO[str], *, resume: bool = False,
+                 baselines_from: str | Path | None = None):
         self.config, self.command, self.stream, self.resume = config, command, stream, resume
+        self.baselines_from = None if baselines_from is None else Path(baselines_from)
         self.start = time.time()
         self.device = torch.device(config.device)
         self.say(f"{config.benchmark} ({config.mode}): building the data (data seed {config.data_seed}"
@@ -173,6 +179,8 @@ class BenchmarkRun:
                      + ", ".join(f"{n} {v:.4g}" for n, v in zip(self.names, self.blind)))
         if self.resume:
             self.restore()
+        if self.baselines_from is not None and not any(self.entries[name] for name in config.methods):
+            self.take_baselines(self.baselines_from)
         self.measure()
         todo = [(seed, name) for seed in config.seeds for name in config.methods if seed not in self.entries[name]]
         self.clock = RunClock([(seed, name, self.est[name]) for seed, name in todo], self.stream)
@@ -256,6 +264,39 @@ class BenchmarkRun:
             self.summarise(seed)  # entries that waited for their seed's single-task metrics
         self.say(f"--resume: kept {len(kept)} finished (seed, method) entries of {partial.results_path(config)}")
 
+    def take_baselines(self, path: Path) -> None:
+        """Take over the entries of ``path`` that do not depend on the controller's split after stage 0."""
+        config = self.config
+        old = partial.read_baselines(path, config, self.bench.checksum)
+        entries = partial.finished_entries(old, config.methods)
+        kept = []
+        for name in config.methods:
+            if name not in partial.AFTER_STAGE0:
+                self.entries[name] = {seed: e for seed, e in entries.get(name, {}).items() if seed in config.seeds}
+                kept += [[seed, name] for seed in sorted(self.entries[name])]
+        self.single_task = {k: v for k, v in (old.get("single_task") or {}).items() if int(k) in config.seeds}
+        self.costs = dict(old.get("measured_costs") or {})
+        self.resumed = [{"at": _now(), "git": self.git, "kept": kept, "baselines_from": str(path),
+                         "their_steps": (old.get("config") or {}).get("steps"), "their_git": old.get("git")}]
+        for seed in config.seeds:
+            self.summarise(seed)
+        self.say(f"--baselines-from: took {len(kept)} (seed, method) entries from {path} (steps "
+                 f"{(old.get('config') or {}).get('steps')}); the controller's methods run again")
+
+    def check_stage0(self, method: ControllerMethod, seed: int) -> None:
+        """With baselines from another file: the streams this run's stage 0 trained must be the ones that file's
+        baselines were trained from (its saved teacher); a ValueError otherwise."""
+        if self.baselines_from is None or method.teacher is None:
+            return
+        saved = self.baselines_from.parent / f"{self.baselines_from.stem}-state" / f"seed{seed}-teacher.pt"
+        if not saved.exists():
+            raise FileNotFoundError(f"--baselines-from: the stage-0 streams of seed {seed} are not at {saved}; without "
+                                    "them the taken-over baselines cannot be checked to start from this run's stage 0")
+        if not partial.same_stage0(method.teacher, saved):
+            raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from {saved}: the taken-over "
+                             "baselines were trained from other streams; run without --baselines-from")
+        self.say(f"seed {seed}: stage-0 streams identical to {saved}")
+
     def controller_method(self, seed: int) -> ControllerMethod:
         """The controller of ``seed``: loaded from the state saved beside the results (its entry is finished)."""
         method = self.make("dymu", seed, None, None)
@@ -295,6 +336,7 @@ class BenchmarkRun:
             fit_seconds = time.time() - started
             if name == "dymu":
                 dymu_method = method
+                self.check_stage0(method, seed)
                 partial.save_controller_method(method, config, seed)
                 self.dynamic_settings(method, seed)
             settings = protocol.settings_for(method)[0]

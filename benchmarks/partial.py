@@ -11,6 +11,19 @@ anchor), so a resumed run loads it instead of training it again.
 ['seeds (file [0], now [0, 1])', "steps (file {'anchor': 2}, now {'anchor': 3})"]
 >>> config_differences(old, {**old, "methods": ["dymu"]})
 ["methods (the file has ['single_task'] that this run lacks: a resumed run may only add methods)"]
+
+``--baselines-from FILE`` starts a run from another run's file whose config differs only in how the
+controller splits its steps after stage 0 (supernet, edge, weights; the same stage 0, total and batch): the
+entries of the methods that do not depend on those stages (:data:`AFTER_STAGE0` lists those that do) are
+taken over, and the controller is trained again. Its stage-0 streams must come out bit-identical to the
+ones the file's baselines were trained from (the file's saved teacher), or the run stops.
+
+>>> split_only({"anchor": 600, "supernet": 300, "edge": 400, "weights": 250, "batch_size": 128},
+...            {"anchor": 600, "supernet": 750, "edge": 150, "weights": 50, "batch_size": 128})
+True
+>>> split_only({"anchor": 600, "supernet": 300, "edge": 400, "weights": 250, "batch_size": 128},
+...            {"anchor": 500, "supernet": 400, "edge": 400, "weights": 250, "batch_size": 128})
+False
 """
 
 from __future__ import annotations
@@ -27,9 +40,9 @@ import dymu
 from dymu.supernet import frozen_copy
 from dymu.checkpoint import atomic_torch_save
 
-from .config import RunConfig
+from .config import C_ONLY, RunConfig
 
-__all__ = ["IGNORED_FIELDS", "results_path", "state_dir", "controller_path", "teacher_path", "config_differences",
+__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "same_stage0", "results_path", "state_dir", "controller_path", "teacher_path", "config_differences",
            "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
 
 #: RunConfig fields a resumed run may change, and why: none of them changes a number of a finished entry
@@ -41,6 +54,13 @@ IGNORED_FIELDS: dict[str, str] = {
     "data_root": "where the same files lie; the data checksum is compared instead",
     "out": "the file is read from where this run writes",
 }
+
+
+#: the methods whose numbers depend on the controller's stages after stage 0: its variants, and the static tree
+#: sized to the controller's mean cost; every other method depends on stage 0 (its streams, loss scales,
+#: affinity and cost table) and on the total budget only
+AFTER_STAGE0: tuple[str, ...] = ("dymu", "dymu_paper", *C_ONLY, "static_tree")
+_STAGE_KEYS = ("anchor", "supernet", "edge", "weights")
 
 
 def results_path(config: RunConfig) -> Path:
@@ -72,6 +92,48 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
         elif key not in IGNORED_FIELDS and old.get(key) != new.get(key):
             out.append(f"{key} (file {old.get(key)!r}, now {new.get(key)!r})")
     return out
+
+
+def split_only(old_steps: Mapping[str, Any], new_steps: Mapping[str, Any]) -> bool:
+    """Whether two step budgets (``asdict(StepBudget)``) have the same stage 0, batch size and total, so that
+    they differ at most in the controller's split of the steps after stage 0."""
+    total = lambda steps: sum(int(steps.get(k) or 0) for k in _STAGE_KEYS)  # noqa: E731
+    return (old_steps.get("anchor") == new_steps.get("anchor") and old_steps.get("batch_size") == new_steps.get("batch_size")
+            and total(old_steps) == total(new_steps))
+
+
+def read_baselines(path: str | Path, config: RunConfig, data_checksum: str | None) -> dict[str, Any]:
+    """The results file ``path`` whose baselines this run takes over (see the module docstring).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: its config differs in more than the controller's split (naming every field), or its data.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--baselines-from: no results file at {path}")
+    old = json.loads(path.read_text())
+    old_config, new_config = dict(old.get("config") or {}), config.as_dict()
+    if not split_only(old_config.get("steps") or {}, new_config["steps"]):
+        raise ValueError(f"--baselines-from: {path} has steps {old_config.get('steps')}, this run {new_config['steps']}: "
+                         "only the controller's split after stage 0 may differ (same anchor steps, batch size and total)")
+    for key in ("steps", "mode", "supernet_steps"):  # the split, and the names a changed split gives the run
+        old_config[key] = new_config[key]
+    old_config["methods"] = []  # the file may have methods this run lacks, and lack some it has
+    differences = config_differences(old_config, new_config)
+    if differences:
+        raise ValueError(f"--baselines-from: {path} was written by a run with a different config: " + "; ".join(differences))
+    old_checksum = (old.get("data") or {}).get("checksum")
+    if data_checksum is not None and old_checksum is not None and old_checksum != data_checksum:
+        raise ValueError(f"--baselines-from: {path} was computed on other data (checksum {old_checksum}, now {data_checksum})")
+    return old
+
+
+def same_stage0(teacher: torch.nn.Module, saved: str | Path) -> bool:
+    """Whether ``teacher``'s state equals the stage-0 streams saved at ``saved`` (every tensor bit for bit)."""
+    state = torch.load(saved, map_location="cpu", weights_only=True)
+    mine = teacher.state_dict()
+    return set(state) == set(mine) and all(torch.equal(mine[k].cpu(), state[k]) for k in mine)
 
 
 def read_partial(config: RunConfig, data_checksum: str | None) -> dict[str, Any] | None:

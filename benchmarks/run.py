@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run with the same options from OUT/NAME.json and the controllers "
                              "saved beside it: finished (seed, method) entries are kept, the rest run (more methods may be added)")
+    parser.add_argument("--baselines-from", metavar="FILE", default=None,
+                        help="take the finished entries of the methods that do not depend on the controller's steps "
+                             "after stage 0 from FILE, a run whose config differs only in that split (same stage 0, "
+                             "total and batch); the controller's methods run again")
     # every other option is a RunConfig field; given ones override the preset of the benchmark and mode
     add_options(parser, RunConfig, overrides_only=True)
     return parser
@@ -97,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = make_config(args.benchmark, args.mode, **overrides(RunConfig, args))
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv)
-    results = run_benchmark(config, command=command, estimate_only=args.estimate_only, resume=args.resume)
+    results = run_benchmark(config, command=command, estimate_only=args.estimate_only, resume=args.resume,
+                            baselines_from=args.baselines_from)
     if args.estimate_only:
         return 0
     print(format_markdown(results))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benchmarks import run
 from benchmarks.baselines import PHN, HardSharing
@@ -98,3 +99,46 @@ def test_an_interrupted_run_resumes_without_redoing_finished_methods(tmp_path, m
         run.main(_argv(root, out, "--methods", "phn", "hard_sharing", "static_tree", "--resume", "--steps", "3", "2", "2"))
     with pytest.raises(ValueError, match=r"methods \(the file has \['phn'"):
         run.main(_argv(root, out, "--methods", "hard_sharing", "static_tree", "--resume"))
+
+
+def test_baselines_from_a_run_with_another_controller_split(tmp_path, monkeypatch):
+    """``--baselines-from``: a run whose config differs only in the controller's split after stage 0 takes the
+    other run's baselines as they are and trains the controller (and what depends on it) again."""
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    first_out, second_out = tmp_path / "first", tmp_path / "second"
+    methods = ["--methods", "phn", "static_tree"]
+    assert run.main(_argv(root, first_out, *methods, "--supernet-steps", "2")) == 0
+    first = json.loads((first_out / f"{STEM}.json").read_text())
+
+    # the same stage 0 (2 steps) and total (8), split 4 / 1 / 1 instead of 2 / 2 / 2
+    source = str(first_out / f"{STEM}.json")
+    with monkeypatch.context() as patch:
+        for cls, name in ((SingleTask, "single_task"), (PHN, "phn")):
+            patch.setattr(cls, "fit", _not_again(name))
+        assert run.main([*_argv(root, second_out, *methods, "--supernet-steps", "4"), "--steps", "2", "1", "1",
+                         "--baselines-from", source]) == 0
+    second = json.loads((second_out / f"{STEM}.json").read_text())
+    assert second["complete"] is True
+    for name in ("single_task", "phn"):
+        assert _kept(second, name) == _kept(first, name), name
+    assert second["methods"]["dymu"]["per_seed"][0]["training_totals"]["parts"]["supernet"]["steps"] == 4
+    assert _kept(second, "dymu") != _kept(first, "dymu")
+    assert second["resumed"][0]["baselines_from"] == source
+    assert sorted(name for _, name in second["resumed"][0]["kept"]) == ["phn", "single_task"]
+    assert f"Taken from {source}" in run.format_markdown(second)
+
+    # another stage 0 is refused before anything trains, naming the steps
+    with pytest.raises(ValueError, match="only the controller's split"):
+        run.main([*_argv(root, tmp_path / "third", *methods, "--supernet-steps", "3"), "--steps", "3", "1", "1",
+                  "--baselines-from", source])
+    # stage-0 streams that do not match the saved teacher stop the run before the controller's entry is written
+    teacher = first_out / f"{STEM}-state" / "seed0-teacher.pt"
+    state = torch.load(teacher, weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key] + 1.0
+    torch.save(state, teacher)
+    with pytest.raises(ValueError, match="stage-0 streams differ"):
+        run.main([*_argv(root, tmp_path / "fourth", *methods, "--supernet-steps", "4"), "--steps", "2", "1", "1",
+                  "--baselines-from", source])
+    assert not (tmp_path / "fourth" / f"{STEM}.json").exists()
+    assert not (tmp_path / "fourth" / f"{STEM}-state" / "seed0-dymu.pt").exists()

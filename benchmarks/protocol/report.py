@@ -110,6 +110,7 @@ def format_markdown(results: dict[str, Any]) -> str:
     if subset and hs.get("trained_preferences_note"):
         lines += ["", hs["trained_preferences_note"]]
     lines += _training_budget_lines(results)
+    lines += _provenance_lines(results)
     lines += _control_table(results)
     lines += _supernet_table(results)
     for title, key in (("Targets:", "targets"), ("Control targets:", "control_targets"),
@@ -123,6 +124,21 @@ def format_markdown(results: dict[str, Any]) -> str:
             shown = ", ".join(f"{k}={_short(v)}" for k, v in numbers.items() if k not in ("c", "note"))
             lines.append(f"- [{mark}] {t['target']}: {shown}")
     return "\n".join(lines)
+
+
+def _provenance_lines(results: dict[str, Any]) -> list[str]:
+    """Where entries were taken from another run (``--baselines-from``): which file, its steps and commit."""
+    out = []
+    for part in results.get("resumed") or []:
+        if part.get("baselines_from"):
+            methods = sorted({name for _, name in part.get("kept", [])})
+            steps = part.get("their_steps") or {}
+            counts = "/".join(str(steps.get(k, 0)) for k in ("anchor", "supernet", "edge", "weights"))
+            commit = ((part.get("their_git") or {}).get("commit") or "unknown")[:7]
+            out += ["", f"Taken from {part['baselines_from']} (commit {commit}; steps anchor/supernet/edge/weights {counts}, "
+                        f"the same stage 0, total and batch; the stage-0 streams checked bit-identical): {', '.join(methods)}. "
+                        "The controller's methods ran in this run."]
+    return out
 
 
 def _training_cells(totals: dict[str, Any] | None) -> list[str]:
