@@ -55,7 +55,9 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
     "multifashion": {
         "quick": {"seeds": [0], "steps": (300, 200, 120), "supernet_steps": 100, "n_preferences": 7, "hs_preferences": 3,
                   "test_examples": 4000, "cost_preferences": 200, "val_examples": 1000},
-        "full": {"seeds": [0, 1, 2], "steps": (1500, 1000, 600), "supernet_steps": 500, "n_preferences": None, "hs_preferences": 5,
+        # [choice] the split after stage 0 and the supernet setting: chosen on validation (benchmarks/results/split)
+        "full": {"seeds": [0, 1, 2], "steps": (1500, 200, 100), "supernet_steps": 1800, "n_preferences": None, "hs_preferences": 5,
+                 "supernet_config": {"lr": 1e-3, "distill": "none"},
                  "test_examples": 10000, "cost_preferences": 1000, "val_examples": 3000},
     },
     "fashion_digits": {
@@ -86,6 +88,9 @@ class RunConfig:
         cost_preferences: preferences the controller's mean cost is taken over.
         methods: a subset of the methods (dymu and single_task always run).
         val_examples: the validation examples every method selects its models on.
+        supernet_steps: the supernet stage's steps, replacing the preset's (explicit ``steps`` without it: 0).
+        supernet_config: :class:`dymu.SupernetConfig` fields the controller's supernet stage gets (the preset's:
+            chosen on validation by :mod:`benchmarks.split`).
         ablation_weight_hypernet: train stage 2 (the weight hypernet) for the ablations too.
         batch_size: training batch of every method.
         eval_batch_size: validation and test batch.
@@ -110,6 +115,7 @@ class RunConfig:
     methods: list[str] = field(metadata={"cli": {"choices": METHODS}})
     val_examples: int = field(default=2000, metadata={"cli": {"hidden": True}})
     supernet_steps: int | None = field(default=None, metadata={"cli": {"hidden": True}})
+    supernet_config: dict[str, Any] = field(default_factory=dict, metadata={"cli": {"skip": True}})
     ablation_weight_hypernet: bool = field(default=False, metadata={"cli": {"flag": "--ablations-with-weight-hypernet"}})
     batch_size: int = field(default=128, metadata={"cli": {"hidden": True}})
     eval_batch_size: int = field(default=1000, metadata={"cli": {"hidden": True}})

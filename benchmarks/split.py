@@ -33,7 +33,7 @@ import argparse
 import copy
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,8 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         method.controller = ctrl
         scored = _val_hv(method, tasks, val_batches, preferences, space, example)
         kept = (ctrl.stages.get("supernet") or {}).get("kept_stage0")
-        results["candidates"].append({"candidate": cand, **scored, "supernet_kept_stage0": kept,
+        results["candidates"].append({"candidate": cand, **scored, "supernet_config": asdict(replace(supernet, steps=cand["supernet"])),
+                                      "supernet_kept_stage0": kept,
                                       "seconds": time.time() - began})
         say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f} "
             f"({time.time() - began:.0f} s)")
