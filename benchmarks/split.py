@@ -103,16 +103,18 @@ def _val_hv(method: ControllerMethod, tasks, val, preferences: np.ndarray, space
 
 
 def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict[str, Any]], *, out: Path,
-                     threads: int | None = None, data_root: str | None = None, command: str = "") -> dict[str, Any]:
+                     threads: int | None = None, data_root: str | None = None, command: str = "",
+                     **overrides: Any) -> dict[str, Any]:
     """Train stage 0 once and one controller per candidate on it; score each on validation (see the module
-    docstring). Writes ``out`` after every candidate and returns what it wrote.
+    docstring). Writes ``out`` after every candidate and returns what it wrote. ``overrides``: fields of the
+    preset to change (:func:`benchmarks.config.make_config`; ``steps`` sets stage 0 and the total).
 
     Raises:
         ValueError: a candidate whose steps do not add up to the preset's total with its stage-0 steps.
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    config = make_config(benchmark, mode, seeds=[seed], data_root=data_root)
+    config = make_config(benchmark, mode, seeds=[seed], data_root=data_root, **overrides)
     steps = config.steps
     after_anchor = steps.total - steps.anchor
     for cand in candidates:

@@ -1,0 +1,47 @@
+"""``python -m benchmarks.split``: candidate splits of the controller's steps after stage 0 are trained on one
+stage 0 and scored on validation; the best is chosen, and malformed candidates are refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import split
+from benchmarks.methods import StepBudget
+from dymu.data import write_synthetic_sources
+
+
+def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    out = tmp_path / "split.json"
+    candidates = [split.parse_candidate("supernet=0,edge=3,weights=1"),
+                  split.parse_candidate("supernet=3,edge=1,weights=0,lr=0.001,distill=none")]
+    results = split.score_candidates("multifashion", "quick", 0, candidates, out=out, data_root=str(root), threads=1,
+                                     steps=StepBudget(2, 2, 2, batch_size=16), n_preferences=3, val_examples=40,
+                                     batch_size=16, eval_batch_size=20)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    scored = results["candidates"]
+    assert [c["candidate"] for c in scored] == candidates
+    for c in scored:
+        assert c["score"] == pytest.approx(c["hv_full"] + c["hv_mid"] + c["hv_min"])
+        assert len(c["mean_loss_full"]) == 2 and all(v > 0 for v in c["mean_loss_min"])
+    assert scored[1]["supernet_config"]["lr"] == 0.001 and scored[1]["supernet_config"]["distill"] == "none"
+    assert results["chosen"] == max(scored, key=lambda c: c["score"])["candidate"]
+    assert "chosen" in split.format_table(results)
+
+    # the candidates must spend exactly the steps stage 0 leaves (total 6 - 2)
+    with pytest.raises(ValueError, match="leaves 4 steps after stage 0"):
+        split.score_candidates("multifashion", "quick", 0, [split.parse_candidate("supernet=3,edge=3,weights=3")],
+                               out=out, data_root=str(root), steps=StepBudget(2, 2, 2, batch_size=16))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("supernet=1,edge=1", r"missing \['weights'\]"),
+    ("supernet=1,edge=1,weights=1,depth=3", "unknown key 'depth'"),
+    ("supernet=1,edge=1,weights=1,lr=fast", "lr must be a float"),
+    ("supernet=1,edge 1,weights=1", "is not KEY=VALUE"),
+])
+def test_malformed_candidates_are_refused_by_name(text, message):
+    with pytest.raises(ValueError, match=message):
+        split.parse_candidate(text)
