@@ -21,7 +21,9 @@ Usage::
         --candidate supernet=1500,edge=400,weights=200,lr=0.001 --out benchmarks/results/split/multifashion.json
 
 Writes the JSON (config, seed, candidates with their scores, per-stage seconds, versions, commit) after every
-candidate and prints a markdown table of the candidates with the chosen one marked.
+candidate and prints a markdown table of the candidates with the chosen one marked. Candidates scored by
+several invocations on the same stage 0 (to run them side by side) are compared in one table by
+``python -m benchmarks.split --show FILE [FILE ...]``, which refuses files of another stage 0.
 
 >>> parse_candidate("supernet=1500,edge=400,weights=200,lr=0.001,distill=none")
 {'supernet': 1500, 'edge': 400, 'weights': 200, 'lr': 0.001, 'distill': 'none'}
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from dataclasses import asdict, replace
@@ -179,6 +182,25 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
     return results
 
 
+def merge(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candidates of several result files of the same benchmark, mode, seed and stage 0, with the best chosen.
+
+    Raises:
+        ValueError: files of different benchmarks, modes or seeds, or whose stage-0 streams scored differently
+            on validation (another stage 0: their candidates are not comparable).
+    """
+    first = files[0]
+    for other in files[1:]:
+        for key in ("benchmark", "mode", "seed"):
+            if other[key] != first[key]:
+                raise ValueError(f"--show: the files differ in {key} ({first[key]!r} and {other[key]!r})")
+        if other["stage0"]["val_anchor_losses"] != first["stage0"]["val_anchor_losses"]:
+            raise ValueError("--show: the files were scored on different stage-0 streams (their validation losses differ)")
+    merged = {**first, "candidates": [c for f in files for c in f["candidates"]]}
+    merged["chosen"] = max(merged["candidates"], key=lambda c: c["score"])["candidate"]
+    return merged
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The candidates as a markdown table, the chosen one marked."""
     lines = [f"**{results['benchmark']}** ({results['mode']}, seed {results['seed']}), validation only; {results['rule']}",
@@ -195,6 +217,14 @@ def format_table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.split", description=__doc__.split("\n\n")[0])
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--show":
+        if len(argv) < 2:
+            raise SystemExit("usage: python -m benchmarks.split --show FILE [FILE ...]")
+        merged = merge([json.loads(Path(p).read_text()) for p in argv[1:]])
+        print(format_table(merged))
+        return merged
     parser.add_argument("benchmark", choices=BENCHMARKS)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="mode", action="store_const", const="quick")
@@ -206,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.split " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.split " + " ".join(argv)
     return score_candidates(args.benchmark, args.mode or "quick", args.seed, args.candidate, out=args.out,
                             threads=args.threads, data_root=args.data_root, command=command)
 

@@ -45,3 +45,18 @@ def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
 def test_malformed_candidates_are_refused_by_name(text, message):
     with pytest.raises(ValueError, match=message):
         split.parse_candidate(text)
+
+
+def _file(score: float, losses=(0.5, 0.4), seed: int = 0) -> dict:
+    cand = {"supernet": int(score * 10), "edge": 1, "weights": 1}
+    return {"benchmark": "multifashion", "mode": "full", "seed": seed, "rule": "r", "stage0": {"val_anchor_losses": list(losses)},
+            "candidates": [{"candidate": cand, "hv_full": score, "hv_mid": score, "hv_min": score, "score": 3 * score}]}
+
+
+def test_show_merges_files_of_one_stage0_and_refuses_others():
+    merged = split.merge([_file(1.0), _file(2.0), _file(1.5)])
+    assert merged["chosen"] == {"supernet": 20, "edge": 1, "weights": 1} and len(merged["candidates"]) == 3
+    with pytest.raises(ValueError, match="different stage-0 streams"):
+        split.merge([_file(1.0), _file(2.0, losses=(0.5, 0.41))])
+    with pytest.raises(ValueError, match="differ in seed"):
+        split.merge([_file(1.0), _file(2.0, seed=1)])
