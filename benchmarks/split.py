@@ -125,6 +125,7 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
             raise ValueError(f"candidate {cand}: supernet + edge + weights = {sum(cand[k] for k in STEP_KEYS)}, but the "
                              f"{benchmark} {mode} budget leaves {after_anchor} steps after stage 0's {steps.anchor} "
                              f"(total {steps.total}: every method's budget)")
+    git = git_state()  # at the start: the code this process imports is the code at this moment
     say = lambda text: (sys.stderr.write(f"[split] {text}\n"), sys.stderr.flush())  # noqa: E731
     bench = build_benchmark(benchmark, config.data_seed, config.limit, config.data_root)
     tasks = bench.tasks()
@@ -151,7 +152,7 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         "rule": "score = validation HV at budget 1 + halfway to the minimum budget + at the minimum budget; the highest is chosen",
         "reference": list(space.reference), "stage0": {"steps": steps.anchor, "seconds": stage0_seconds,
                                                        "val_anchor_losses": anchor_losses},
-        "candidates": [], "versions": versions(), "git": git_state(),
+        "candidates": [], "versions": versions(), "git": git,
     }
     for index, cand in enumerate(candidates):
         began = time.time()
