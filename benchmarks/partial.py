@@ -42,8 +42,8 @@ from dymu.checkpoint import atomic_torch_save
 
 from .config import C_ONLY, RunConfig
 
-__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "same_stage0", "results_path", "state_dir", "controller_path", "teacher_path", "config_differences",
-           "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
+__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "same_stage0", "results_path", "state_dir",
+           "controller_path", "teacher_path", "config_differences", "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
 
 #: RunConfig fields a resumed run may change, and why: none of them changes a number of a finished entry
 IGNORED_FIELDS: dict[str, str] = {

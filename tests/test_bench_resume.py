@@ -142,3 +142,9 @@ def test_baselines_from_a_run_with_another_controller_split(tmp_path, monkeypatc
                   "--baselines-from", source])
     assert not (tmp_path / "fourth" / f"{STEM}.json").exists()
     assert not (tmp_path / "fourth" / f"{STEM}-state" / "seed0-dymu.pt").exists()
+    # without the saved stage-0 streams nothing trains: the check would be impossible
+    teacher.unlink()
+    with pytest.raises(FileNotFoundError, match="seed0-teacher.pt"):
+        run.main([*_argv(root, tmp_path / "fifth", *methods, "--supernet-steps", "4"), "--steps", "2", "1", "1",
+                  "--baselines-from", source])
+    assert not (tmp_path / "fifth" / f"{STEM}-state").exists()
