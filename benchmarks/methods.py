@@ -128,8 +128,6 @@ class ControllerMethod(Method):
         self.controller: dymu.Controller | None = None
 
     def fit(self, train, val, *, device, verbose=True) -> None:
-        from dataclasses import replace
-
         start = time.time()
         ctrl = self.make_controller().to(device)
         if self.anchor_from is not None and self.anchor_from.controller is not None:
@@ -147,14 +145,22 @@ class ControllerMethod(Method):
             ctrl.fit_anchor(train, val, steps=self.steps.anchor, device=device, verbose=verbose)
             ctrl.fit_affinity(train, device=device)
             self.teacher = frozen_copy(ctrl.anchor)
-            if self.steps.supernet > 0:
-                ctrl.fit_supernet(train, val, config=replace(self.supernet_config, steps=self.steps.supernet),
-                                  device=device, verbose=verbose)
+        self.fit_after_stage0(ctrl, train, val, device=device, verbose=verbose, supernet=self.anchor_from is None)
+        self.train_seconds = time.time() - start
+
+    def fit_after_stage0(self, ctrl: dymu.Controller, train, val, *, device, verbose=True, supernet: bool = True) -> None:
+        """Train ``ctrl`` (stage 0 and its affinity done) through the supernet stage (when ``supernet`` and it
+        has steps), the edge and the weight hypernet (when used and it has steps) of :attr:`steps`; it becomes
+        :attr:`controller`."""
+        from dataclasses import replace
+
+        if supernet and self.steps.supernet > 0:
+            ctrl.fit_supernet(train, val, config=replace(self.supernet_config, steps=self.steps.supernet),
+                              device=device, verbose=verbose)
         ctrl.fit_edge(train, val, config=replace(self.edge_config, steps=self.steps.edge), device=device, verbose=verbose)
-        if self.use_weight_hypernet:
+        if self.use_weight_hypernet and self.steps.weights > 0:
             ctrl.fit_weights(train, val, config=replace(self.weight_config, steps=self.steps.weights), device=device, verbose=verbose)
         self.controller = ctrl
-        self.train_seconds = time.time() - start
 
     def stage0_streams(self) -> dymu.anchor.AnchorNet:
         """The controller's single-task streams as stage 0 left them (the teacher of the distillation

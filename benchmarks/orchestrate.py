@@ -269,7 +269,7 @@ class BenchmarkRun:
         """Take over the entries of ``path`` that do not depend on the controller's split after stage 0."""
         config = self.config
         old = partial.read_baselines(path, config, self.bench.checksum)
-        missing = [self.saved_teacher(seed) for seed in config.seeds if not self.saved_teacher(seed).exists()]
+        missing = [p for p in (partial.teacher_file(path, seed) for seed in config.seeds) if not p.exists()]
         if missing:  # before any training: the check after stage 0 needs them
             raise FileNotFoundError(f"--baselines-from: the stage-0 streams the baselines of {path} were trained from are "
                                     f"not at {', '.join(map(str, missing))}; without them this run's stage 0 cannot be checked")
@@ -288,16 +288,12 @@ class BenchmarkRun:
         self.say(f"--baselines-from: took {len(kept)} (seed, method) entries from {path} (steps "
                  f"{(old.get('config') or {}).get('steps')}); the controller's methods run again")
 
-    def saved_teacher(self, seed: int) -> Path:
-        """Where the run of ``--baselines-from`` saved the stage-0 streams of ``seed``."""
-        return self.baselines_from.parent / f"{self.baselines_from.stem}-state" / f"seed{seed}-teacher.pt"
-
     def check_stage0(self, method: ControllerMethod, seed: int) -> None:
         """With baselines from another file: the streams this run's stage 0 trained must be the ones that file's
         baselines were trained from (its saved teacher); a ValueError otherwise."""
         if self.baselines_from is None or method.teacher is None:
             return
-        saved = self.saved_teacher(seed)
+        saved = partial.teacher_file(self.baselines_from, seed)
         if not partial.same_stage0(method.teacher, saved):
             raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from {saved}: the taken-over "
                              "baselines were trained from other streams; run without --baselines-from")

@@ -43,7 +43,7 @@ from dymu.checkpoint import atomic_torch_save
 from .config import C_ONLY, RunConfig
 
 __all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "same_stage0", "results_path", "state_dir",
-           "controller_path", "teacher_path", "config_differences", "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
+           "state_dir_of", "controller_path", "teacher_path", "teacher_file", "config_differences", "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
 
 #: RunConfig fields a resumed run may change, and why: none of them changes a number of a finished entry
 IGNORED_FIELDS: dict[str, str] = {
@@ -70,7 +70,13 @@ def results_path(config: RunConfig) -> Path:
 
 def state_dir(config: RunConfig) -> Path:
     """``OUT/<stem>-state``: the trained controllers of the run, one file per seed."""
-    return Path(config.out) / f"{config.stem}-state"
+    return state_dir_of(results_path(config))
+
+
+def state_dir_of(results_file: str | Path) -> Path:
+    """The state folder saved beside a results file ``DIR/<stem>.json``: ``DIR/<stem>-state``."""
+    results_file = Path(results_file)
+    return results_file.parent / f"{results_file.stem}-state"
 
 
 def controller_path(config: RunConfig, seed: int) -> Path:
@@ -78,7 +84,12 @@ def controller_path(config: RunConfig, seed: int) -> Path:
 
 
 def teacher_path(config: RunConfig, seed: int) -> Path:
-    return state_dir(config) / f"seed{seed}-teacher.pt"
+    return teacher_file(results_path(config), seed)
+
+
+def teacher_file(results_file: str | Path, seed: int) -> Path:
+    """The stage-0 streams of ``seed`` saved beside a results file."""
+    return state_dir_of(results_file) / f"seed{seed}-teacher.pt"
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -123,9 +134,7 @@ def read_baselines(path: str | Path, config: RunConfig, data_checksum: str | Non
     differences = config_differences(old_config, new_config)
     if differences:
         raise ValueError(f"--baselines-from: {path} was written by a run with a different config: " + "; ".join(differences))
-    old_checksum = (old.get("data") or {}).get("checksum")
-    if data_checksum is not None and old_checksum is not None and old_checksum != data_checksum:
-        raise ValueError(f"--baselines-from: {path} was computed on other data (checksum {old_checksum}, now {data_checksum})")
+    _check_same_data(old, data_checksum, path, "--baselines-from")
     return old
 
 
@@ -151,10 +160,15 @@ def read_partial(config: RunConfig, data_checksum: str | None) -> dict[str, Any]
     if differences:
         raise ValueError(f"--resume: {path} was written by a run with a different config: " + "; ".join(differences)
                          + ". Resume with the same options, or write to another --out.")
+    _check_same_data(old, data_checksum, path, "--resume")
+    return old
+
+
+def _check_same_data(old: Mapping[str, Any], data_checksum: str | None, path: Path, option: str) -> None:
+    """ValueError when the results file ``old`` (at ``path``) records a data checksum other than ``data_checksum``."""
     old_checksum = (old.get("data") or {}).get("checksum")
     if data_checksum is not None and old_checksum is not None and old_checksum != data_checksum:
-        raise ValueError(f"--resume: {path} was computed on other data (checksum {old_checksum}, now {data_checksum})")
-    return old
+        raise ValueError(f"{option}: {path} was computed on other data (checksum {old_checksum}, now {data_checksum})")
 
 
 def finished_entries(results: Mapping[str, Any], methods: Sequence[str]) -> dict[str, dict[int, dict[str, Any]]]:

@@ -36,7 +36,7 @@ import copy
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from dymu.checkpoint import versions
 from dymu.data import build_benchmark
 from dymu.data.datasets import TensorLoader
 from dymu.results import write_json
+from dymu.anchor import tree_losses
 from dymu.supernet import frozen_copy
 
 from . import protocol
@@ -97,10 +98,11 @@ def _val_hv(method: ControllerMethod, tasks, val, preferences: np.ndarray, space
     records = protocol.evaluate_method(method, tasks, val, preferences, list(settings.values()), example=example)
     out: dict[str, Any] = {}
     for key, setting in settings.items():
-        losses = np.array([r.losses for r in records if r.setting == setting.name])
+        rows = [r for r in records if r.setting == setting.name]
+        losses = np.array([r.losses for r in rows])
         out[f"hv_{key}"] = protocol.hv_of(space, losses)
         out[f"mean_loss_{key}"] = losses.mean(0).tolist()
-        out[f"distinct_trees_{key}"] = len({tuple(map(tuple, r.info.get("tree") or [])) for r in records if r.setting == setting.name})
+        out[f"distinct_trees_{key}"] = len({tuple(map(tuple, r.info.get("tree") or [])) for r in rows})
     out["score"] = out["hv_full"] + out["hv_mid"] + out["hv_min"]
     return out
 
@@ -144,8 +146,8 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
     base.fit_anchor(train, val_batches, steps=steps.anchor, verbose=True)
     base.fit_affinity(train)
     stage0_seconds = time.time() - start
-    anchor_losses = base._tree_losses(tuple(tuple(range(len(tasks))) for _ in range(base.n_layers)), None, val_batches,
-                                      torch.device("cpu")).tolist()
+    anchor_tree = [list(range(len(tasks)))] * base.n_layers
+    anchor_losses = tree_losses(base.anchor.eval(), tasks, anchor_tree, val_batches, torch.device("cpu")).tolist()
     space = protocol.loss_space(benchmark, anchor_losses, blind)
     results: dict[str, Any] = {
         "benchmark": benchmark, "mode": mode, "seed": seed, "command": command, "config": config.as_dict(),
@@ -158,21 +160,15 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         began = time.time()
         say(f"candidate {index + 1}/{len(candidates)}: {cand}")
         budget = StepBudget(steps.anchor, cand["edge"], cand["weights"], steps.batch_size, supernet=cand["supernet"])
-        supernet = replace(dymu.SupernetConfig(), **{k: v for k, v in cand.items() if k in SUPERNET_KEYS})
+        supernet = dymu.SupernetConfig(steps=cand["supernet"], **{k: v for k, v in cand.items() if k in SUPERNET_KEYS})
         method = ControllerMethod(lambda: None, budget, edge_config=dymu.EdgeConfig(seed=seed),
                                   weight_config=dymu.WeightConfig(seed=seed), supernet_config=supernet)
         ctrl = copy.deepcopy(base)
         method.teacher = frozen_copy(ctrl.anchor)
-        if cand["supernet"] > 0:
-            ctrl.fit_supernet(train, val_batches, config=replace(supernet, steps=cand["supernet"]))
-        ctrl.fit_edge(train, val_batches, config=replace(method.edge_config, steps=cand["edge"]))
-        if cand["weights"] > 0:
-            ctrl.fit_weights(train, val_batches, config=replace(method.weight_config, steps=cand["weights"]))
-        method.controller = ctrl
+        method.fit_after_stage0(ctrl, train, val_batches, device=torch.device("cpu"))
         scored = _val_hv(method, tasks, val_batches, preferences, space, example)
         kept = (ctrl.stages.get("supernet") or {}).get("kept_stage0")
-        results["candidates"].append({"candidate": cand, **scored, "supernet_config": asdict(replace(supernet, steps=cand["supernet"])),
-                                      "supernet_kept_stage0": kept,
+        results["candidates"].append({"candidate": cand, **scored, "supernet_config": asdict(supernet), "supernet_kept_stage0": kept,
                                       "seconds": time.time() - began})
         say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f} "
             f"({time.time() - began:.0f} s)")
