@@ -10,7 +10,15 @@ validation split, never on test:
 * ``hv_min``: the same at the minimum budget (one stream and the heads);
 * ``hv_mid``: the same halfway between them, where the edge hypernet's trees decide;
 * ``score = hv_full + hv_mid + hv_min``: across the budget range (its ends are what the single-network
-  baselines are compared with); the best candidate is chosen.
+  baselines are compared with);
+* the control bars of "Control that works", on validation: Spearman controllability at the halfway budget
+  (``controllability_mid``, at least :data:`CONTROL_BAR`), and the planned mean cost over the protocol's
+  1000 cost preferences inside ``[0.8 b, b]`` at each budget of :data:`benchmarks.protocol.COST_BUDGETS` with
+  the fallback merge under 5 % (``cost_band``).
+
+The chosen candidate has the highest score among those that clear both control bars (when none does, the
+highest score, and the table says so): an HV-only score chose a split that starved the edge hypernet and
+lost the control a user asks for.
 
 The reference point is the run's (multifashion (2, 2); elsewhere the input-blind losses on the training split).
 
@@ -36,6 +44,7 @@ import copy
 import json
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -49,6 +58,7 @@ from dymu.data import build_benchmark
 from dymu.data.datasets import TensorLoader
 from dymu.results import write_json
 from dymu.anchor import tree_losses
+from dymu.metrics import controllability, controllability_per_task
 from dymu.supernet import frozen_copy
 
 from . import protocol
@@ -56,12 +66,18 @@ from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
 from .methods import ControllerMethod, StepBudget
 from .orchestrate import git_state
+from .protocol.targets import MAX_FALLBACK, MIN_CONTROLLABILITY
 
-__all__ = ["parse_candidate", "score_candidates", "main"]
+__all__ = ["parse_candidate", "score_candidates", "controls", "choose", "main"]
 
 #: the keys a candidate may set: the three step counts, then :class:`dymu.SupernetConfig` fields
 STEP_KEYS = ("supernet", "edge", "weights")
-SUPERNET_KEYS = {"lr": float, "distill_weight": float, "distill": str, "bn": str, "budget_trees": int}
+SUPERNET_KEYS = {"lr": float, "distill_weight": float, "distill": str, "bn": str, "budget_trees": int,
+                 "anchor_weight": float}
+#: the mean Spearman controllability a candidate must reach at the halfway budget (the control target's bar)
+CONTROL_BAR = MIN_CONTROLLABILITY
+RULE = ("score = validation HV at budget 1 + halfway to the minimum budget + at the minimum budget; the highest score "
+        f"among the candidates with controllability >= {CONTROL_BAR} halfway and the planned cost in the band is chosen")
 
 
 def parse_candidate(text: str) -> dict[str, Any]:
@@ -104,7 +120,49 @@ def _val_hv(method: ControllerMethod, tasks, val, preferences: np.ndarray, space
         out[f"mean_loss_{key}"] = losses.mean(0).tolist()
         out[f"distinct_trees_{key}"] = len({tuple(map(tuple, r.info.get("tree") or [])) for r in rows})
     out["score"] = out["hv_full"] + out["hv_mid"] + out["hv_min"]
+    mid = [r for r in records if r.setting == settings["mid"].name]
+    prefs = np.array([r.preference for r in mid])
+    directions = [t.higher_is_better for t in tasks]
+    names = [t.name for t in tasks]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a task with constant metrics has no rank correlation
+        primary = np.array([r.primary for r in mid])
+        mean = float(controllability(prefs, primary, directions, task_names=names))
+        per_task = controllability_per_task(prefs, primary, directions, task_names=names)
+    # undefined (a model that ignores the preference) is None, as the results files write it
+    out["controllability_mid"] = mean if np.isfinite(mean) else None
+    out["controllability_mid_per_task"] = [float(v) if np.isfinite(v) else None for v in per_task]
+    out.update(_cost_band(method, len(tasks)))
     return out
+
+
+def _cost_band(method: ControllerMethod, n_tasks: int) -> dict[str, Any]:
+    """The planned mean cost at :data:`protocol.COST_BUDGETS` over the cost preferences, and whether it is in
+    the band with the fallback under 5 % (the test-time target, here on the validation-chosen controller)."""
+    cost = protocol.planned_cost(method, [], protocol.cost_preferences(n_tasks), curve_cs=())
+    curve = cost["budget_curve"]
+    inside = [protocol.COST_BAND * b - 1e-9 <= f <= b + 1e-9 for b, f in zip(curve["budget"], curve["flops_fraction"])]
+    fallback = float(np.mean(curve["fallback_fraction"])) if curve["fallback_fraction"] else 0.0
+    return {"cost_budgets": curve["budget"], "cost_fraction": curve["flops_fraction"], "fallback": fallback,
+            "cost_band": bool(all(inside) and fallback < MAX_FALLBACK)}
+
+
+def controls(candidate: dict[str, Any]) -> bool | None:
+    """Whether a scored candidate clears both control bars (None: scored before they were measured).
+
+    >>> controls({"controllability_mid": 0.8, "cost_band": True}), controls({"controllability_mid": 0.5, "cost_band": True})
+    (True, False)
+    """
+    if "cost_band" not in candidate:
+        return None
+    value = candidate["controllability_mid"]
+    return bool(value is not None and value >= CONTROL_BAR and candidate["cost_band"])
+
+
+def choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chosen candidate's settings: the highest score among those that :func:`controls`, else the highest."""
+    pool = [c for c in candidates if controls(c)] or candidates
+    return max(pool, key=lambda c: c["score"])["candidate"]
 
 
 def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict[str, Any]], *, out: Path,
@@ -151,7 +209,7 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
     space = protocol.loss_space(benchmark, anchor_losses, blind)
     results: dict[str, Any] = {
         "benchmark": benchmark, "mode": mode, "seed": seed, "command": command, "config": config.as_dict(),
-        "rule": "score = validation HV at budget 1 + halfway to the minimum budget + at the minimum budget; the highest is chosen",
+        "rule": RULE,
         "reference": list(space.reference), "stage0": {"steps": steps.anchor, "seconds": stage0_seconds,
                                                        "val_anchor_losses": anchor_losses},
         "candidates": [], "versions": versions(), "git": git,
@@ -170,10 +228,10 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         kept = (ctrl.stages.get("supernet") or {}).get("kept_stage0")
         results["candidates"].append({"candidate": cand, **scored, "supernet_config": asdict(supernet), "supernet_kept_stage0": kept,
                                       "seconds": time.time() - began})
-        say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f} "
+        say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f}; "
+            f"controllability halfway {_number(scored['controllability_mid'])}, cost in band {scored['cost_band']} "
             f"({time.time() - began:.0f} s)")
-        best = int(np.argmax([c["score"] for c in results["candidates"]]))
-        results["chosen"] = results["candidates"][best]["candidate"]
+        results["chosen"] = choose(results["candidates"])
         write_json(out, results)
     print(format_table(results))
     return results
@@ -194,21 +252,37 @@ def merge(files: list[dict[str, Any]]) -> dict[str, Any]:
         if other["stage0"]["val_anchor_losses"] != first["stage0"]["val_anchor_losses"]:
             raise ValueError("--show: the files were scored on different stage-0 streams (their validation losses differ)")
     merged = {**first, "candidates": [c for f in files for c in f["candidates"]]}
-    merged["chosen"] = max(merged["candidates"], key=lambda c: c["score"])["candidate"]
+    merged["chosen"] = choose(merged["candidates"])
+    if any(controls(c) is None for c in merged["candidates"]):
+        merged["rule"] = RULE + " (candidates scored before the control bars are compared on score alone)"
     return merged
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 def format_table(results: dict[str, Any]) -> str:
     """The candidates as a markdown table, the chosen one marked."""
     lines = [f"**{results['benchmark']}** ({results['mode']}, seed {results['seed']}), validation only; {results['rule']}",
-             "", "| supernet / edge / weights | supernet setting | val HV budget 1 | val HV mid | val HV min | score | chosen |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| supernet / edge / weights | supernet setting | val HV budget 1 | val HV mid | val HV min | score | "
+             "controllability halfway | planned cost at 0.3/0.5/0.7/0.9 (fallback) | control bars | chosen |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in results["candidates"]:
         cand = c["candidate"]
         extra = ", ".join(f"{k}={v}" for k, v in cand.items() if k not in STEP_KEYS) or "default"
         mark = "chosen" if cand == results.get("chosen") else ""
+        cleared = controls(c)
+        if cleared is None:
+            control, cost, bars = "–", "–", "not measured"
+        else:
+            control = _number(c["controllability_mid"])
+            cost = "/".join(f"{f:.2f}" for f in c["cost_fraction"]) + f" ({c['fallback']:.0%})"
+            bars = "cleared" if cleared else "MISSED"
         lines.append(f"| {cand['supernet']} / {cand['edge']} / {cand['weights']} | {extra} | {c['hv_full']:.4f} | "
-                     f"{c['hv_mid']:.4f} | {c['hv_min']:.4f} | {c['score']:.4f} | {mark} |")
+                     f"{c['hv_mid']:.4f} | {c['hv_min']:.4f} | {c['score']:.4f} | {control} | {cost} | {bars} | {mark} |")
+    if results["candidates"] and not any(controls(c) for c in results["candidates"]):
+        lines += ["", "No candidate cleared the control bars: the highest score is chosen."]
     return "\n".join(lines)
 
 
@@ -228,7 +302,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size.add_argument("--full", dest="mode", action="store_const", const="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidate", action="append", required=True, type=parse_candidate,
-                        help="KEY=VALUE,...: supernet, edge, weights steps (required), and lr, distill_weight, distill, bn, budget_trees")
+                        help="KEY=VALUE,...: supernet, edge, weights steps (required), and lr, distill_weight, distill, bn, budget_trees, "
+                             "anchor_weight")
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-root", default=None)

@@ -143,6 +143,10 @@ class SupernetConfig(_Presets):
             [choice] 3e-4: a fine-tune of trained streams, a third of stage 0's rate.
         budget_trees: trees per step drawn across the budget range, besides the anchor tree and a
             one-stream tree (the sandwich rule of slimmable networks).
+        anchor_weight: the anchor tree's loss weight relative to each other tree of the sandwich (the step's
+            loss is the weighted mean over its trees). [choice] 1: every tree alike. The single-task streams
+            a full-budget model is compared with train on their own loss at every step; a larger weight
+            spends more of each step on the budget-1 model and less on the shared ones.
         distill_weight: ``lambda`` of the feature distillation toward the frozen single-task streams.
         distill: ``"features"`` (default) or ``"none"`` (the sandwich alone, for ablations).
         dirichlet_alpha: preferences of the budget trees ``r ~ Dirichlet(alpha)``.
@@ -159,6 +163,7 @@ class SupernetConfig(_Presets):
     lr: float = 3e-4
     weight_decay: float = 1e-5
     budget_trees: int = 1
+    anchor_weight: float = 1.0
     distill_weight: float = 1.0
     distill: str = "features"
     dirichlet_alpha: float = 1.0
@@ -175,6 +180,8 @@ class SupernetConfig(_Presets):
             raise ValueError(f"budget_trees must be >= 0, got {self.budget_trees}")
         if self.distill not in ("features", "none"):
             raise ValueError(f"distill must be 'features' or 'none', got {self.distill!r}")
+        if not self.anchor_weight > 0:
+            raise ValueError(f"anchor_weight must be > 0, got {self.anchor_weight}")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if self.dirichlet_alpha <= 0:

@@ -5,7 +5,8 @@ so a node that a derived tree shares was trained for one task only, and every de
 as good as those frozen streams. This stage trains the streams and heads on the trees inference will
 build, a sandwich per step (slimmable / once-for-all networks):
 
-* the anchor tree (every task on its own stream), which keeps the full-budget model strong;
+* the anchor tree (every task on its own stream), which keeps the full-budget model strong, weighted
+  ``anchor_weight`` against each other tree (the step's loss is the weighted mean over its trees);
 * a one-stream tree (every task on stream ``s``, ``s`` drawn per step), the cheapest tree there is;
 * ``budget_trees`` trees across the budget range: for a drawn preference ``r ~ Dirichlet`` and budget
   ``b ~ U(min_budget, 1)``, the anchor merged along the affinity until it fits
@@ -218,6 +219,9 @@ def train_supernet(
         targets_t = _teacher_features(teacher, x) if distil else None
         optimizer.zero_grad(set_to_none=True)
         task_total = distil_total = 0.0
+        tree_weights = [config.anchor_weight] + [1.0] * (len(drawn) - 1)  # the anchor tree comes first
+        # a divisor, not a product, so that equal weights reproduce the plain mean bit for bit
+        divisor = [sum(tree_weights) / w for w in tree_weights]
         for index, (assignment, r) in enumerate(drawn):
             # only the anchor tree's pass moves the running statistics (see the module docstring)
             with _bn_context(anchor, index > 0, config.bn):
@@ -232,9 +236,9 @@ def train_supernet(
             if distil:
                 d = sum(distillation_loss(adaptors(k, features[k]), targets_t[k]) for k in range(len(names)))
                 loss = loss + config.distill_weight * d
-                distil_total += float(d.detach()) / len(drawn)
-            (loss / len(drawn)).backward()
-            task_total += float(task_loss.detach()) / len(drawn)
+                distil_total += float(d.detach()) / divisor[index]
+            (loss / divisor[index]).backward()
+            task_total += float(task_loss.detach()) / divisor[index]
         optimizer.step()
         scheduler.step()
         return {"task_loss": task_total, "distill": distil_total}

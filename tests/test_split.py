@@ -27,7 +27,13 @@ def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
         assert c["score"] == pytest.approx(c["hv_full"] + c["hv_mid"] + c["hv_min"])
         assert len(c["mean_loss_full"]) == 2 and all(v > 0 for v in c["mean_loss_min"])
     assert scored[1]["supernet_config"]["lr"] == 0.001 and scored[1]["supernet_config"]["distill"] == "none"
-    assert results["chosen"] == max(scored, key=lambda c: c["score"])["candidate"]
+    for c in scored:
+        # the control bars are measured on the validation-chosen controller of every candidate
+        assert c["controllability_mid"] is None or -1 <= c["controllability_mid"] <= 1
+        assert len(c["controllability_mid_per_task"]) == 2
+        assert c["cost_budgets"] and all(f <= b + 1e-9 for b, f in zip(c["cost_budgets"], c["cost_fraction"]))
+        assert isinstance(c["cost_band"], bool) and 0 <= c["fallback"] <= 1
+    assert results["chosen"] == split.choose(scored)
     assert "chosen" in split.format_table(results)
 
     # the candidates must spend exactly the steps stage 0 leaves (total 6 - 2)
@@ -47,10 +53,13 @@ def test_malformed_candidates_are_refused_by_name(text, message):
         split.parse_candidate(text)
 
 
-def _file(score: float, losses=(0.5, 0.4), seed: int = 0) -> dict:
+def _file(score: float, losses=(0.5, 0.4), seed: int = 0, control: float | None | str = "absent", band: bool = True) -> dict:
     cand = {"supernet": int(score * 10), "edge": 1, "weights": 1}
+    scored = {"candidate": cand, "hv_full": score, "hv_mid": score, "hv_min": score, "score": 3 * score}
+    if control != "absent":
+        scored.update(controllability_mid=control, cost_band=band, cost_fraction=[0.3, 0.45, 0.6, 0.8], fallback=0.0)
     return {"benchmark": "multifashion", "mode": "full", "seed": seed, "rule": "r", "stage0": {"val_anchor_losses": list(losses)},
-            "candidates": [{"candidate": cand, "hv_full": score, "hv_mid": score, "hv_min": score, "score": 3 * score}]}
+            "candidates": [scored]}
 
 
 def test_show_merges_files_of_one_stage0_and_refuses_others():
@@ -60,3 +69,15 @@ def test_show_merges_files_of_one_stage0_and_refuses_others():
         split.merge([_file(1.0), _file(2.0, losses=(0.5, 0.41))])
     with pytest.raises(ValueError, match="differ in seed"):
         split.merge([_file(1.0), _file(2.0, seed=1)])
+
+
+def test_the_highest_score_wins_only_among_candidates_that_clear_the_control_bars():
+    files = [_file(1.0, control=0.9), _file(2.0, control=0.5), _file(1.5, control=0.8, band=False), _file(1.2, control=0.75)]
+    merged = split.merge(files)
+    assert merged["chosen"] == {"supernet": 12, "edge": 1, "weights": 1}
+    table = split.format_table(merged)
+    assert table.count("MISSED") == 2 and table.count("cleared") == 2
+    # when none clears them the highest score is chosen, and the table says so
+    merged = split.merge([_file(1.0, control=0.2), _file(2.0, control=None)])
+    assert merged["chosen"] == {"supernet": 20, "edge": 1, "weights": 1}
+    assert "No candidate cleared the control bars" in split.format_table(merged)

@@ -170,3 +170,31 @@ def test_the_benchmarks_refuse_fine_tuned_streams_as_stage0_ones():
         method.stage0_streams()
     method.teacher = frozen_copy(ctrl.anchor)
     assert method.stage0_streams() is method.teacher
+
+
+def test_a_heavier_anchor_tree_trains_the_full_budget_model_more_and_the_shared_trees_less():
+    def train_with(weight: float) -> tuple[float, float]:
+        ctrl, data = _trained()
+        train_supernet(ctrl.anchor, frozen_copy(ctrl.anchor), ctrl.tasks, data, ctrl.loss_scales, ctrl.cost_table,
+                       np.asarray(ctrl.affinity.matrix),
+                       dymu.SupernetConfig(steps=40, lr=3e-3, distill="none", anchor_weight=weight), torch.device("cpu"),
+                       verbose=False)
+        ctrl.anchor.eval()
+        anchor_tree = ((0, 1, 2),) * ctrl.n_layers
+        one_stream = ((0, 0, 0),) * ctrl.n_layers
+        with torch.no_grad():
+            def mean_loss(tree):
+                return float(np.mean([torch.nn.functional.cross_entropy(tree_forward(ctrl.anchor, tree, x)[n], y[n]).item()
+                                      for x, y in data for n in ctrl.task_names]))
+            return mean_loss(anchor_tree), mean_loss(one_stream)
+
+    plain_anchor, plain_one = train_with(1.0)
+    heavy_anchor, heavy_one = train_with(20.0)
+    assert heavy_anchor < plain_anchor, (plain_anchor, heavy_anchor)
+    assert heavy_one > plain_one, (plain_one, heavy_one)
+
+
+def test_the_anchor_weight_must_be_positive():
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="anchor_weight"):
+            dymu.SupernetConfig(anchor_weight=bad)
