@@ -93,6 +93,8 @@ class RunConfig:
         supernet_steps: the supernet stage's steps, replacing the preset's (explicit ``steps`` without it: 0).
         supernet_config: :class:`dymu.SupernetConfig` fields the controller's supernet stage gets (the preset's:
             chosen on validation by :mod:`benchmarks.split`).
+        edge_config: :class:`dymu.EdgeConfig` fields the controller's stage 1 gets (the preset's: chosen on
+            validation by :mod:`benchmarks.split`).
         ablation_weight_hypernet: train stage 2 (the weight hypernet) for the ablations too.
         batch_size: training batch of every method.
         eval_batch_size: validation and test batch.
@@ -118,6 +120,7 @@ class RunConfig:
     val_examples: int = field(default=2000, metadata={"cli": {"hidden": True}})
     supernet_steps: int | None = field(default=None, metadata={"cli": {"hidden": True}})
     supernet_config: dict[str, Any] = field(default_factory=dict, metadata={"cli": {"skip": True}})
+    edge_config: dict[str, Any] = field(default_factory=dict, metadata={"cli": {"skip": True}})
     ablation_weight_hypernet: bool = field(default=False, metadata={"cli": {"flag": "--ablations-with-weight-hypernet"}})
     batch_size: int = field(default=128, metadata={"cli": {"hidden": True}})
     eval_batch_size: int = field(default=1000, metadata={"cli": {"hidden": True}})

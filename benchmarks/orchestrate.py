@@ -207,7 +207,8 @@ class BenchmarkRun:
             return dymu.Controller(dymu.backbones.lenet(), tasks, seed=seed)
 
         if name == "dymu":
-            return ControllerMethod(make_controller, steps, edge_config=EdgeConfig(seed=seed), weight_config=WeightConfig(seed=seed),
+            return ControllerMethod(make_controller, steps, edge_config=EdgeConfig(seed=seed, **self.config.edge_config),
+                                    weight_config=WeightConfig(seed=seed),
                                     supernet_config=dymu.SupernetConfig(seed=seed, **self.config.supernet_config))
         if name == "single_task":
             return SingleTask(dymu_method)

@@ -128,7 +128,7 @@ def read_baselines(path: str | Path, config: RunConfig, data_checksum: str | Non
     if not split_only(old_config.get("steps") or {}, new_config["steps"]):
         raise ValueError(f"--baselines-from: {path} has steps {old_config.get('steps')}, this run {new_config['steps']}: "
                          "only the controller's split after stage 0 may differ (same anchor steps, batch size and total)")
-    for key in ("steps", "mode", "supernet_steps", "supernet_config"):  # the split and its settings, and the names they give the run
+    for key in ("steps", "mode", "supernet_steps", "supernet_config", "edge_config"):  # the split and its settings, and the names they give the run
         old_config[key] = new_config[key]
     old_config["methods"] = []  # the file may have methods this run lacks, and lack some it has
     differences = config_differences(old_config, new_config)

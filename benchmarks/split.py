@@ -74,6 +74,8 @@ __all__ = ["parse_candidate", "score_candidates", "controls", "choose", "main"]
 STEP_KEYS = ("supernet", "edge", "weights")
 SUPERNET_KEYS = {"lr": float, "distill_weight": float, "distill": str, "bn": str, "budget_trees": int,
                  "anchor_weight": float}
+#: :class:`dymu.EdgeConfig` fields a candidate may set
+EDGE_KEYS = {"warm_start": str}
 #: the mean Spearman controllability a candidate must reach at the halfway budget (the control target's bar)
 CONTROL_BAR = MIN_CONTROLLABILITY
 RULE = ("score = validation HV at budget 1 + halfway to the minimum budget + at the minimum budget; the highest score "
@@ -81,7 +83,7 @@ RULE = ("score = validation HV at budget 1 + halfway to the minimum budget + at 
 
 
 def parse_candidate(text: str) -> dict[str, Any]:
-    """``"supernet=1500,edge=400,weights=200,lr=0.001"`` -> a dict; the three step counts are required.
+    """``"supernet=1500,edge=400,weights=200,lr=0.001,warm_start=merge"`` -> a dict; the three step counts are required.
 
     Raises:
         ValueError: an unknown key, a missing step count, or a value of the wrong type, naming it.
@@ -93,13 +95,14 @@ def parse_candidate(text: str) -> dict[str, Any]:
             raise ValueError(f"candidate {text!r}: {part!r} is not KEY=VALUE")
         if key in STEP_KEYS:
             out[key] = int(value)
-        elif key in SUPERNET_KEYS:
+        elif key in SUPERNET_KEYS or key in EDGE_KEYS:
+            kind = SUPERNET_KEYS.get(key) or EDGE_KEYS[key]
             try:
-                out[key] = SUPERNET_KEYS[key](value)
+                out[key] = kind(value)
             except ValueError:
-                raise ValueError(f"candidate {text!r}: {key} must be a {SUPERNET_KEYS[key].__name__}, got {value!r}") from None
+                raise ValueError(f"candidate {text!r}: {key} must be a {kind.__name__}, got {value!r}") from None
         else:
-            raise ValueError(f"candidate {text!r}: unknown key {key!r}; the keys are {[*STEP_KEYS, *SUPERNET_KEYS]}")
+            raise ValueError(f"candidate {text!r}: unknown key {key!r}; the keys are {[*STEP_KEYS, *SUPERNET_KEYS, *EDGE_KEYS]}")
     missing = [k for k in STEP_KEYS if k not in out]
     if missing:
         raise ValueError(f"candidate {text!r}: missing {missing} (every candidate names its three step counts)")
@@ -219,14 +222,17 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         say(f"candidate {index + 1}/{len(candidates)}: {cand}")
         budget = StepBudget(steps.anchor, cand["edge"], cand["weights"], steps.batch_size, supernet=cand["supernet"])
         supernet = dymu.SupernetConfig(steps=cand["supernet"], **{k: v for k, v in cand.items() if k in SUPERNET_KEYS})
-        method = ControllerMethod(lambda: None, budget, edge_config=dymu.EdgeConfig(seed=seed),
+        edge = dymu.EdgeConfig(seed=seed, **{k: v for k, v in cand.items() if k in EDGE_KEYS})
+        method = ControllerMethod(lambda: None, budget, edge_config=edge,
                                   weight_config=dymu.WeightConfig(seed=seed), supernet_config=supernet)
         ctrl = copy.deepcopy(base)
         method.teacher = frozen_copy(ctrl.anchor)
         method.fit_after_stage0(ctrl, train, val_batches, device=torch.device("cpu"))
         scored = _val_hv(method, tasks, val_batches, preferences, space, example)
         kept = (ctrl.stages.get("supernet") or {}).get("kept_stage0")
-        results["candidates"].append({"candidate": cand, **scored, "supernet_config": asdict(supernet), "supernet_kept_stage0": kept,
+        results["candidates"].append({"candidate": cand, **scored, "supernet_config": asdict(supernet),
+                                      "edge_config": asdict(edge),
+                                      "warm_start": (ctrl.stages.get("edge") or {}).get("warm_start"), "supernet_kept_stage0": kept,
                                       "seconds": time.time() - began})
         say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f}; "
             f"controllability halfway {_number(scored['controllability_mid'])}, cost in band {scored['cost_band']} "
@@ -303,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidate", action="append", required=True, type=parse_candidate,
                         help="KEY=VALUE,...: supernet, edge, weights steps (required), and lr, distill_weight, distill, bn, budget_trees, "
-                             "anchor_weight")
+                             "anchor_weight (the supernet's), warm_start (stage 1's)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-root", default=None)

@@ -229,6 +229,9 @@ class EdgeConfig(_Presets):
             fixed validation requests and keep the best (None: four times per stage).
         bn_stats: ``"anchor"``: BatchNorm uses the anchor's running statistics throughout (the model
             that is deployed); ``"batch"``: batch statistics as in the paper (frozen running stats).
+        warm_start: ``"none"`` (default) or ``"merge"`` ([choice] beyond the paper, :mod:`dymu.warm_start`):
+            before the first step, fit the hypernet's most likely trees to the merge search's for
+            ``warm_start_steps`` Adam steps on drawn requests; no training image is read. Budget mode only.
         regulariser: Omega's weights and ablation switches.
         amp: mixed precision for the anchor's forward (see :class:`AnchorConfig`).
         seed: seeds preference draws and Gumbel noise (None: the controller's seed).
@@ -255,11 +258,19 @@ class EdgeConfig(_Presets):
     prefs_per_step: int = 4
     eval_every: int | None = None
     bn_stats: str = "anchor"
+    warm_start: str = "none"
+    warm_start_steps: int = 1000
     regulariser: RegulariserConfig = field(default_factory=RegulariserConfig)
     amp: bool = False
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.warm_start not in ("none", "merge"):
+            raise ValueError(f"warm_start must be 'none' or 'merge', got {self.warm_start!r}")
+        if self.warm_start == "merge" and self.control != "budget":
+            raise ValueError("warm_start='merge' needs control='budget': the merge search answers budgets, not c")
+        if self.warm_start_steps < 0:
+            raise ValueError(f"warm_start_steps must be >= 0, got {self.warm_start_steps}")
         if self.routing not in ("soft", "hard"):
             raise ValueError(f"routing must be 'soft' or 'hard', got {self.routing!r}")
         if self.control not in ("budget", "paper"):

@@ -15,7 +15,7 @@ from dymu.data import write_synthetic_sources
 def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
     root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
     out = tmp_path / "split.json"
-    candidates = [split.parse_candidate("supernet=0,edge=3,weights=1"),
+    candidates = [split.parse_candidate("supernet=0,edge=3,weights=1,warm_start=merge"),
                   split.parse_candidate("supernet=3,edge=1,weights=0,lr=0.001,distill=none")]
     results = split.score_candidates("multifashion", "quick", 0, candidates, out=out, data_root=str(root), threads=1,
                                      steps=StepBudget(2, 2, 2, batch_size=16), n_preferences=3, val_examples=40,
@@ -26,6 +26,8 @@ def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
     for c in scored:
         assert c["score"] == pytest.approx(c["hv_full"] + c["hv_mid"] + c["hv_min"])
         assert len(c["mean_loss_full"]) == 2 and all(v > 0 for v in c["mean_loss_min"])
+    assert scored[0]["edge_config"]["warm_start"] == "merge" and scored[0]["warm_start"]["steps"] > 0
+    assert scored[1]["edge_config"]["warm_start"] == "none" and scored[1]["warm_start"] is None
     assert scored[1]["supernet_config"]["lr"] == 0.001 and scored[1]["supernet_config"]["distill"] == "none"
     for c in scored:
         # the control bars are measured on the validation-chosen controller of every candidate
