@@ -335,6 +335,7 @@ class BenchmarkRun:
             job = len(self.clock.finished)
             started = self.clock.begin(job)
             method = self.make(name, seed, dymu_method, dymu_cost)
+            train.set_epoch(0)  # the same batch order for every method, whichever ran before it in this process
             method.fit(train, val, device=self.device, verbose=True)
             fit_seconds = time.time() - started
             if name == "dymu":

@@ -207,6 +207,7 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
     base.fit_anchor(train, val_batches, steps=steps.anchor, verbose=True)
     base.fit_affinity(train)
     stage0_seconds = time.time() - start
+    after_stage0 = train.epoch  # every candidate continues from here, whatever the candidates before it drew
     anchor_tree = [list(range(len(tasks)))] * base.n_layers
     anchor_losses = tree_losses(base.anchor.eval(), tasks, anchor_tree, val_batches, torch.device("cpu")).tolist()
     space = protocol.loss_space(benchmark, anchor_losses, blind)
@@ -226,6 +227,7 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         method = ControllerMethod(lambda: None, budget, edge_config=edge,
                                   weight_config=dymu.WeightConfig(seed=seed), supernet_config=supernet)
         ctrl = copy.deepcopy(base)
+        train.set_epoch(after_stage0)
         method.teacher = frozen_copy(ctrl.anchor)
         method.fit_after_stage0(ctrl, train, val_batches, device=torch.device("cpu"))
         scored = _val_hv(method, tasks, val_batches, preferences, space, example)

@@ -148,3 +148,12 @@ def test_baselines_from_a_run_with_another_controller_split(tmp_path, monkeypatc
         run.main([*_argv(root, tmp_path / "fifth", *methods, "--supernet-steps", "4"), "--steps", "2", "1", "1",
                   "--baselines-from", source])
     assert not (tmp_path / "fifth" / f"{STEM}-state").exists()
+
+
+def test_a_method_trains_on_the_same_batches_whichever_methods_ran_before_it(tmp_path):
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    alone, after = tmp_path / "alone", tmp_path / "after"
+    assert run.main(_argv(root, alone, "--methods", "phn")) == 0
+    assert run.main(_argv(root, after, "--methods", "hard_sharing", "phn")) == 0
+    records = [json.loads((out / f"{STEM}.json").read_text())["methods"]["phn"]["records"] for out in (alone, after)]
+    assert records[0] == records[1]

@@ -83,3 +83,14 @@ def test_the_highest_score_wins_only_among_candidates_that_clear_the_control_bar
     merged = split.merge([_file(1.0, control=0.2), _file(2.0, control=None)])
     assert merged["chosen"] == {"supernet": 20, "edge": 1, "weights": 1}
     assert "No candidate cleared the control bars" in split.format_table(merged)
+
+
+def test_a_candidate_scores_the_same_whichever_candidates_ran_before_it(tmp_path):
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    kwargs = dict(data_root=str(root), threads=1, steps=StepBudget(2, 2, 2, batch_size=16), n_preferences=3,
+                  val_examples=40, batch_size=16, eval_batch_size=20)
+    first, second = split.parse_candidate("supernet=3,edge=1,weights=0"), split.parse_candidate("supernet=1,edge=2,weights=1")
+    both = split.score_candidates("multifashion", "quick", 0, [first, second], out=tmp_path / "a.json", **kwargs)
+    alone = split.score_candidates("multifashion", "quick", 0, [second], out=tmp_path / "b.json", **kwargs)
+    assert both["candidates"][1]["mean_loss_full"] == alone["candidates"][0]["mean_loss_full"]
+    assert both["candidates"][1]["mean_loss_min"] == alone["candidates"][0]["mean_loss_min"]
