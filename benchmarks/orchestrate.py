@@ -219,7 +219,8 @@ class BenchmarkRun:
         if name == "dymu_no_weight_hypernet":
             return WithoutWeightHypernet(dymu_method)
         if name in ABLATIONS:
-            return ControllerMethod(make_controller, steps, edge_config=EdgeConfig(seed=seed, regulariser=ABLATIONS[name]),
+            return ControllerMethod(make_controller, steps, edge_config=EdgeConfig(seed=seed, regulariser=ABLATIONS[name],
+                                                                             **self.config.edge_config),
                                     weight_config=WeightConfig(seed=seed), name=name, anchor_from=dymu_method,
                                     use_weight_hypernet=self.config.ablation_weight_hypernet)
         from .baselines import PHN, CrossStitch, DistilledTrunk, HardSharing, StaticTree, StaticTreesAtBudgets

@@ -3,7 +3,8 @@
 Under :data:`benchmarks.protocol.TRAINING_BUDGET_RULE` the controller's stages share one budget of
 ``StepBudget.total`` steps, and only the stage-0 and supernet steps train features: the hypernets' steps
 change no weight of a path. This command trains stage 0 once, then one controller per candidate split of
-the remaining steps (supernet / edge / weights, same total) and supernet setting, and scores each on the
+the remaining steps (supernet / edge / weights, same total) and setting (supernet's, stage 1's warm start), and
+scores each on the
 validation split, never on test:
 
 * ``hv_full``: the hypervolume of the models built at budget 1 for the run's evaluation preferences;
@@ -12,7 +13,7 @@ validation split, never on test:
 * ``score = hv_full + hv_mid + hv_min``: across the budget range (its ends are what the single-network
   baselines are compared with);
 * the control bars of "Control that works", on validation: Spearman controllability at the halfway budget
-  (``controllability_mid``, at least :data:`CONTROL_BAR`), and the planned mean cost over the protocol's
+  (``controllability_mid``, at least :data:`CONTROL_BAR`, every task's above :data:`TASK_BAR`), and the planned mean cost over the protocol's
   1000 cost preferences inside ``[0.8 b, b]`` at each budget of :data:`benchmarks.protocol.COST_BUDGETS` with
   the fallback merge under 5 % (``cost_band``).
 
@@ -44,7 +45,6 @@ import copy
 import json
 import sys
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,6 @@ from dymu.data import build_benchmark
 from dymu.data.datasets import TensorLoader
 from dymu.results import write_json
 from dymu.anchor import tree_losses
-from dymu.metrics import controllability, controllability_per_task
 from dymu.supernet import frozen_copy
 
 from . import protocol
@@ -66,7 +65,7 @@ from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
 from .methods import ControllerMethod, StepBudget
 from .orchestrate import git_state
-from .protocol.targets import MAX_FALLBACK, MIN_CONTROLLABILITY
+from .protocol.targets import MIN_CONTROLLABILITY, MIN_TASK_CONTROLLABILITY
 
 __all__ = ["parse_candidate", "score_candidates", "controls", "choose", "main"]
 
@@ -75,11 +74,13 @@ STEP_KEYS = ("supernet", "edge", "weights")
 SUPERNET_KEYS = {"lr": float, "distill_weight": float, "distill": str, "bn": str, "budget_trees": int,
                  "anchor_weight": float}
 #: :class:`dymu.EdgeConfig` fields a candidate may set
-EDGE_KEYS = {"warm_start": str}
-#: the mean Spearman controllability a candidate must reach at the halfway budget (the control target's bar)
-CONTROL_BAR = MIN_CONTROLLABILITY
+EDGE_KEYS = {"warm_start": str, "warm_start_steps": int}
+#: the mean Spearman controllability a candidate must reach at the halfway budget, and every task's (the control
+#: target's bars)
+CONTROL_BAR, TASK_BAR = MIN_CONTROLLABILITY, MIN_TASK_CONTROLLABILITY
 RULE = ("score = validation HV at budget 1 + halfway to the minimum budget + at the minimum budget; the highest score "
-        f"among the candidates with controllability >= {CONTROL_BAR} halfway and the planned cost in the band is chosen")
+        f"among the candidates with controllability >= {CONTROL_BAR} halfway (every task > {TASK_BAR}) and the planned "
+        "cost in the band is chosen")
 
 
 def parse_candidate(text: str) -> dict[str, Any]:
@@ -124,48 +125,46 @@ def _val_hv(method: ControllerMethod, tasks, val, preferences: np.ndarray, space
         out[f"distinct_trees_{key}"] = len({tuple(map(tuple, r.info.get("tree") or [])) for r in rows})
     out["score"] = out["hv_full"] + out["hv_mid"] + out["hv_min"]
     mid = [r for r in records if r.setting == settings["mid"].name]
-    prefs = np.array([r.preference for r in mid])
-    directions = [t.higher_is_better for t in tasks]
-    names = [t.name for t in tasks]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a task with constant metrics has no rank correlation
-        primary = np.array([r.primary for r in mid])
-        mean = float(controllability(prefs, primary, directions, task_names=names))
-        per_task = controllability_per_task(prefs, primary, directions, task_names=names)
+    mean, _, per_task = protocol.controllability_scores(
+        tasks, np.array([r.preference for r in mid]), np.array([r.primary for r in mid]), np.array([r.losses for r in mid]))
     # undefined (a model that ignores the preference) is None, as the results files write it
     out["controllability_mid"] = mean if np.isfinite(mean) else None
-    out["controllability_mid_per_task"] = [float(v) if np.isfinite(v) else None for v in per_task]
-    out.update(_cost_band(method, len(tasks)))
+    out["controllability_mid_per_task"] = [v if np.isfinite(v) else None for v in per_task]
+    curve = protocol.planned_cost(method, [], protocol.cost_preferences(len(tasks)), curve_cs=())["budget_curve"]
+    out.update(cost_budgets=curve["budget"], cost_fraction=curve["flops_fraction"],
+               fallback=float(np.mean(curve["fallback_fraction"])) if curve["fallback_fraction"] else 0.0,
+               cost_band=protocol.cost_band_met(curve))
     return out
 
 
-def _cost_band(method: ControllerMethod, n_tasks: int) -> dict[str, Any]:
-    """The planned mean cost at :data:`protocol.COST_BUDGETS` over the cost preferences, and whether it is in
-    the band with the fallback under 5 % (the test-time target, here on the validation-chosen controller)."""
-    cost = protocol.planned_cost(method, [], protocol.cost_preferences(n_tasks), curve_cs=())
-    curve = cost["budget_curve"]
-    inside = [protocol.COST_BAND * b - 1e-9 <= f <= b + 1e-9 for b, f in zip(curve["budget"], curve["flops_fraction"])]
-    fallback = float(np.mean(curve["fallback_fraction"])) if curve["fallback_fraction"] else 0.0
-    return {"cost_budgets": curve["budget"], "cost_fraction": curve["flops_fraction"], "fallback": fallback,
-            "cost_band": bool(all(inside) and fallback < MAX_FALLBACK)}
-
-
 def controls(candidate: dict[str, Any]) -> bool | None:
-    """Whether a scored candidate clears both control bars (None: scored before they were measured).
+    """Whether a scored candidate clears both control bars: mean controllability halfway at least
+    :data:`CONTROL_BAR` with every task's above :data:`TASK_BAR`, and the planned cost in the band (None: the
+    candidate was scored before the bars were measured).
 
-    >>> controls({"controllability_mid": 0.8, "cost_band": True}), controls({"controllability_mid": 0.5, "cost_band": True})
-    (True, False)
+    >>> controls({"controllability_mid": 0.8, "controllability_mid_per_task": [0.9, 0.7], "cost_band": True})
+    True
+    >>> controls({"controllability_mid": 0.8, "controllability_mid_per_task": [1.0, 0.2], "cost_band": True})
+    False
     """
     if "cost_band" not in candidate:
         return None
-    value = candidate["controllability_mid"]
-    return bool(value is not None and value >= CONTROL_BAR and candidate["cost_band"])
+    value, per_task = candidate["controllability_mid"], candidate["controllability_mid_per_task"]
+    tasks_ok = all(v is not None and v > TASK_BAR for v in per_task)
+    return bool(value is not None and value >= CONTROL_BAR and tasks_ok and candidate["cost_band"])
 
 
 def choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
-    """The chosen candidate's settings: the highest score among those that :func:`controls`, else the highest."""
+    """The chosen candidate's settings: the highest score among those that :func:`controls`, else the highest
+    of all (candidates scored before the bars were measured are chosen only when no candidate clears them)."""
     pool = [c for c in candidates if controls(c)] or candidates
     return max(pool, key=lambda c: c["score"])["candidate"]
+
+
+def _configs(candidate: dict[str, Any], seed: int) -> tuple[dymu.SupernetConfig, dymu.EdgeConfig]:
+    """The supernet and stage-1 configs of a candidate (their checks raise ``ValueError`` naming a bad value)."""
+    supernet = dymu.SupernetConfig(steps=candidate["supernet"], **{k: v for k, v in candidate.items() if k in SUPERNET_KEYS})
+    return supernet, dymu.EdgeConfig(seed=seed, **{k: v for k, v in candidate.items() if k in EDGE_KEYS})
 
 
 def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict[str, Any]], *, out: Path,
@@ -188,6 +187,8 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
             raise ValueError(f"candidate {cand}: supernet + edge + weights = {sum(cand[k] for k in STEP_KEYS)}, but the "
                              f"{benchmark} {mode} budget leaves {after_anchor} steps after stage 0's {steps.anchor} "
                              f"(total {steps.total}: every method's budget)")
+    for cand in candidates:  # a bad setting is refused now, not after stage 0 has trained
+        _configs(cand, seed)
     git = git_state()  # at the start: the code this process imports is the code at this moment
     say = lambda text: (sys.stderr.write(f"[split] {text}\n"), sys.stderr.flush())  # noqa: E731
     bench = build_benchmark(benchmark, config.data_seed, config.limit, config.data_root)
@@ -222,8 +223,7 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         began = time.time()
         say(f"candidate {index + 1}/{len(candidates)}: {cand}")
         budget = StepBudget(steps.anchor, cand["edge"], cand["weights"], steps.batch_size, supernet=cand["supernet"])
-        supernet = dymu.SupernetConfig(steps=cand["supernet"], **{k: v for k, v in cand.items() if k in SUPERNET_KEYS})
-        edge = dymu.EdgeConfig(seed=seed, **{k: v for k, v in cand.items() if k in EDGE_KEYS})
+        supernet, edge = _configs(cand, seed)
         method = ControllerMethod(lambda: None, budget, edge_config=edge,
                                   weight_config=dymu.WeightConfig(seed=seed), supernet_config=supernet)
         ctrl = copy.deepcopy(base)
@@ -262,7 +262,7 @@ def merge(files: list[dict[str, Any]]) -> dict[str, Any]:
     merged = {**first, "candidates": [c for f in files for c in f["candidates"]]}
     merged["chosen"] = choose(merged["candidates"])
     if any(controls(c) is None for c in merged["candidates"]):
-        merged["rule"] = RULE + " (candidates scored before the control bars are compared on score alone)"
+        merged["rule"] = RULE + " (candidates scored before the bars were measured are chosen only when none clears them)"
     return merged
 
 
@@ -273,8 +273,8 @@ def _number(value: float | None) -> str:
 def format_table(results: dict[str, Any]) -> str:
     """The candidates as a markdown table, the chosen one marked."""
     lines = [f"**{results['benchmark']}** ({results['mode']}, seed {results['seed']}), validation only; {results['rule']}",
-             "", "| supernet / edge / weights | supernet setting | val HV budget 1 | val HV mid | val HV min | score | "
-             "controllability halfway | planned cost at 0.3/0.5/0.7/0.9 (fallback) | control bars | chosen |",
+             "", "| supernet / edge / weights | setting | val HV budget 1 | val HV mid | val HV min | score | "
+             "controllability halfway (per task) | planned cost at budget b (fallback) | control bars | chosen |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in results["candidates"]:
         cand = c["candidate"]
@@ -284,8 +284,8 @@ def format_table(results: dict[str, Any]) -> str:
         if cleared is None:
             control, cost, bars = "–", "–", "not measured"
         else:
-            control = _number(c["controllability_mid"])
-            cost = "/".join(f"{f:.2f}" for f in c["cost_fraction"]) + f" ({c['fallback']:.0%})"
+            control = f"{_number(c['controllability_mid'])} ({' / '.join(_number(v) for v in c['controllability_mid_per_task'])})"
+            cost = ", ".join(f"{b:g}: {f:.2f}" for b, f in zip(c["cost_budgets"], c["cost_fraction"])) + f" ({c['fallback']:.0%})"
             bars = "cleared" if cleared else "MISSED"
         lines.append(f"| {cand['supernet']} / {cand['edge']} / {cand['weights']} | {extra} | {c['hv_full']:.4f} | "
                      f"{c['hv_mid']:.4f} | {c['hv_min']:.4f} | {c['score']:.4f} | {control} | {cost} | {bars} | {mark} |")

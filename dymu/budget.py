@@ -18,7 +18,7 @@ from torch import nn
 
 from .metrics.cost import block_cost_table, count_flops, count_params
 
-__all__ = ["CostTable", "shrink_to_budget"]
+__all__ = ["CostTable", "shrink_to_budget", "merged_anchor"]
 
 
 @dataclass(frozen=True)
@@ -159,3 +159,12 @@ def shrink_to_budget(
             raise RuntimeError(f"no merge lowers the cost of {rows}; the cost table is {table}")
         _, rows, cost = best
     return rows
+
+
+def merged_anchor(table: CostTable, budget: float, preference: Sequence[float], affinity: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """The merge search's tree for one request: the anchor merged by :func:`shrink_to_budget` until it costs at
+    most ``budget`` (a fraction of the anchor's FLOPs, heads included) -> ``assignment [L][N]``."""
+    anchor = [list(range(table.n_tasks)) for _ in range(table.n_layers)]
+    rows = shrink_to_budget(anchor, budget * table.anchor_flops, table, preference, affinity)
+    return tuple(tuple(row) for row in rows)
+

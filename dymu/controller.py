@@ -449,17 +449,20 @@ class Controller:
         self.bn_stats = config.bn_stats
         self._invalidate()
         batches = self._validation_batches(val, val_samples) if val is not None else None
+        affinity = self._affinity_tensor()  # before the warm start: it needs the affinity too
+        saving = checkpointing(checkpoint, checkpoint_every, resume)
+        resuming = saving is not None and saving.resume and saving.file("edge").exists()
         warm = None
-        if config.warm_start == "merge":
+        if config.warm_start == "merge" and not resuming:  # a resumed stage loads the hypernet it had reached
             warm = imitate_merge(self.edge.to(device), self.cost_table, self._affinity_matrix(), steps=config.warm_start_steps,
                                  alpha=config.dirichlet_alpha, seed=int(config.seed) + 31)
             if verbose and not quiet_from_env():
                 sys.stderr.write(f"[edge] warm start on the merge search's trees: held-out trees matched {warm['match_before']:.0%} "
                                  f"-> {warm['match_after']:.0%}, parent choices {warm['row_match_after']:.0%} ({warm['seconds']:.0f} s)\n")
         result = train_edge(
-            self.anchor, self.edge, self.tasks, train, self._affinity_tensor(), self.loss_scales, config, device, verbose,
-            cost_table=self.cost_table, select=self._selector(batches, adapted=False),
-            checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
+            self.anchor, self.edge, self.tasks, train, affinity, self.loss_scales, config, device, verbose,
+            cost_table=self.cost_table, select=self._selector(batches, adapted=False), checkpointing=saving,
+            score_start=warm is not None,
         )
         self._record("edge", config, result)
         if warm is not None:

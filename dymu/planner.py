@@ -41,7 +41,7 @@ import torch
 from affinity.tree import Tree
 from hyper import EdgeHypernet, budget_pressure, most_likely_parents
 
-from .budget import CostTable, shrink_to_budget
+from .budget import CostTable, merged_anchor, shrink_to_budget
 
 __all__ = ["BuildPlan", "Planner", "CONTROL_MODES", "SEARCHES"]
 
@@ -189,9 +189,7 @@ class Planner:
 
     def _merge_plan(self, preference: np.ndarray, budget: float) -> BuildPlan:
         table = self.table
-        anchor = [list(range(table.n_tasks)) for _ in range(table.n_layers)]
-        rows = shrink_to_budget(anchor, budget * table.anchor_flops, table, preference, self.affinity)
-        assignment = tuple(tuple(row) for row in rows)
+        assignment = merged_anchor(table, budget, preference, self.affinity)
         return BuildPlan(
             tree=Tree(self.task_names, assignment),
             preference=tuple(float(v) for v in preference),

@@ -13,6 +13,8 @@ CPU finishes in minutes), ``Config.preset("cpu", n_batches=len(train))`` sizes i
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -180,7 +182,7 @@ class SupernetConfig(_Presets):
             raise ValueError(f"budget_trees must be >= 0, got {self.budget_trees}")
         if self.distill not in ("features", "none"):
             raise ValueError(f"distill must be 'features' or 'none', got {self.distill!r}")
-        if not self.anchor_weight > 0:
+        if not (math.isfinite(self.anchor_weight) and self.anchor_weight > 0):
             raise ValueError(f"anchor_weight must be > 0, got {self.anchor_weight}")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anchor import AnchorNet, frozen_batchnorm_statistics, run_tree
-from .budget import CostTable, shrink_to_budget
+from .budget import CostTable, merged_anchor
 from .distributed import rank_world
 from .progress import quiet_from_env
 from .loop import Batch, KeepBest, StepInfo, TrainLoop
@@ -133,8 +133,7 @@ class SandwichTrees:
         for _ in range(self.budget_trees):
             r = self.rng.dirichlet(np.full(n, self.alpha))
             budget = low + (1.0 - low) * float(self.rng.random())
-            rows = shrink_to_budget(self.anchor_tree(), budget * self.table.anchor_flops, self.table, r, self.affinity)
-            trees.append((tuple(tuple(row) for row in rows), r))
+            trees.append((merged_anchor(self.table, budget, r, self.affinity), r))
         return trees
 
 

@@ -224,13 +224,20 @@ class _HypernetStage:
         return validate
 
     def run(self, stage: str, tasks: Sequence[Task], train: Iterable[Batch], step: Step, select: Callable[[], float] | None,
-            frozen: Mapping[str, torch.nn.Module], checkpointing: Checkpointing | None, verbose: bool) -> dict[str, Any]:
+            frozen: Mapping[str, torch.nn.Module], checkpointing: Checkpointing | None, verbose: bool,
+            score_start: bool = False) -> dict[str, Any]:
         config = self.config
         keep = KeepBest.lowest(self.hypernet)
+        validate = self._validate(select)
+        if score_start and validate is not None:
+            # the starting state (a warm start) is a candidate: training that never beats it on validation changes nothing
+            self.anchor.train(config.bn_stats == "batch")
+            with frozen_batchnorm_statistics(self.anchor):
+                keep.offer(validate(0), 0)
         loop = TrainLoop(
             stage, config.steps, self.device, tasks,
             state=_training_state(self.name, self.hypernet, self.optimizer, self.scheduler, self.precision),
-            generators={"preferences": self.rng, "gumbel": self.noise}, frozen=frozen, validate=self._validate(select),
+            generators={"preferences": self.rng, "gumbel": self.noise}, frozen=frozen, validate=validate,
             keep=keep, eval_every=config.eval_every or max(1, math.ceil(config.steps / 4)),
             log_every=max(1, config.steps // 50), seed=self.seed, config=config, checkpointing=checkpointing,
             verbose=verbose,
@@ -261,6 +268,7 @@ def train_edge(
     cost_table: CostTable | None = None,
     select: Callable[[], float] | None = None,
     checkpointing: Checkpointing | None = None,
+    score_start: bool = False,
 ) -> dict[str, Any]:
     """Stage 1: train the edge hypernet on the frozen anchor.
 
@@ -268,7 +276,8 @@ def train_edge(
     choices ``nu [L, N, N]`` from the hypernet's logits at the scheduled temperature, routes every node
     of the anchor through ``nu`` and back-propagates into the hypernet only. ``cost_table`` is needed in
     budget mode. ``select()`` (lower is better) scores the hypernet on validation requests every
-    ``eval_every`` steps; the best-scoring state is kept. ``checkpointing`` as in :func:`train_anchor`.
+    ``eval_every`` steps; the best-scoring state is kept, with ``score_start`` the starting state (step 0)
+    included. ``checkpointing`` as in :func:`train_anchor`.
     """
     if config.control == "budget" and cost_table is None:
         raise ValueError("the budget control mode needs the cost table (cost_table=controller.cost_table)")
@@ -315,7 +324,7 @@ def train_edge(
         hyper.update()
         return {"task_loss": task_total, "regulariser": extra_total, "expected_cost": cost_total, "tau": tau}
 
-    return hyper.run("edge", tasks, train, step, select, {"anchor": anchor}, checkpointing, verbose)
+    return hyper.run("edge", tasks, train, step, select, {"anchor": anchor}, checkpointing, verbose, score_start)
 
 
 # --------------------------------------------------------------------------------- stage 2

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hyper import EdgeHypernet, budget_pressure, most_likely_parents
+from hyper import EdgeHypernet, budget_pressure
 
-from .budget import CostTable, shrink_to_budget
+from .budget import CostTable, merged_anchor
 
 __all__ = ["parent_targets", "merge_requests", "imitate_merge"]
 
@@ -47,6 +47,10 @@ def parent_targets(assignment: list[list[int]] | tuple[tuple[int, ...], ...], n_
         for k in range(n_tasks):
             targets[layer, assignment[layer + 1][k]] = assignment[layer][k]
     targets[n_layers - 1] = torch.as_tensor(list(assignment[n_layers - 1]))
+    for layer in range(n_layers - 1):
+        for k in range(n_tasks):
+            if int(targets[layer, assignment[layer + 1][k]]) != assignment[layer][k]:
+                raise ValueError(f"{assignment} is not a tree: node ({layer + 1}, {assignment[layer + 1][k]}) has two parents")
     return targets
 
 
@@ -55,13 +59,12 @@ def merge_requests(table: CostTable, affinity: np.ndarray, n: int, alpha: float,
     """``n`` requests ``r ~ Dirichlet(alpha)``, ``b ~ U(min_budget, 1)`` and the merge search's trees for them:
     ``(r [n, N], s [n] the budget pressures, targets [n, L, N])`` (see :func:`parent_targets`)."""
     n_tasks, low = table.n_tasks, table.min_budget
-    anchor = [list(range(n_tasks)) for _ in range(table.n_layers)]
     prefs, pressures, targets = [], [], []
     for _ in range(n):
         r = rng.dirichlet(np.full(n_tasks, alpha))
         budget = low + (1.0 - low) * float(rng.random())
         budget = max(budget, low * (1 + 1e-9))  # the cheapest tree must fit after rounding
-        tree = shrink_to_budget(anchor, budget * table.anchor_flops, table, r, affinity)
+        tree = merged_anchor(table, budget, r, affinity)
         prefs.append(r)
         pressures.append(budget_pressure(budget, low))
         targets.append(parent_targets(tree, n_tasks))
@@ -79,6 +82,9 @@ def imitate_merge(edge: EdgeHypernet, table: CostTable, affinity: np.ndarray | N
     the merge search's, before and after, and the fraction of used rows whose most likely parent is.
     """
     n_tasks = table.n_tasks
+    if (edge.n_tasks, edge.n_decisions) != (n_tasks, table.n_layers):
+        raise ValueError(f"the edge hypernet has {edge.n_tasks} tasks and {edge.n_decisions} decisions, the cost table "
+                         f"{n_tasks} tasks and {table.n_layers} blocks: they must come from one controller")
     affinity = np.ones((n_tasks, n_tasks)) if affinity is None else np.asarray(affinity, dtype=float)
     start = time.time()
     rng = np.random.default_rng(seed)
@@ -95,6 +101,7 @@ def imitate_merge(edge: EdgeHypernet, table: CostTable, affinity: np.ndarray | N
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    edge.zero_grad(set_to_none=True)
     edge.train(was)
     match_after, rows_after = _match(edge, *test)
     return {"steps": steps, "requests": requests, "seconds": time.time() - start, "match_before": match_before,
@@ -110,8 +117,6 @@ def _match(edge: EdgeHypernet, prefs: Tensor, pressures: Tensor, targets: Tensor
     logits = edge(prefs, pressures)
     edge.train(was)
     used = targets != FREE
-    rows = float((logits.argmax(-1)[used] == targets[used]).float().mean())
-    n_tasks = prefs.shape[1]
-    trees = sum(bool(torch.equal(parent_targets(most_likely_parents(logits[i]), n_tasks).to(targets.device)
-                                 .where(used[i], FREE), targets[i])) for i in range(len(prefs)))
-    return trees / len(prefs), rows
+    hits = (logits.argmax(-1) == targets) | ~used  # [n, L, N]: a free row matches whatever it holds
+    # the most likely tree is traced along used rows only, so it is the target tree iff every used row matches
+    return float(hits.all(2).all(1).float().mean()), float(hits[used].float().mean())

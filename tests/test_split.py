@@ -35,7 +35,9 @@ def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
         assert len(c["controllability_mid_per_task"]) == 2
         assert c["cost_budgets"] and all(f <= b + 1e-9 for b, f in zip(c["cost_budgets"], c["cost_fraction"]))
         assert isinstance(c["cost_band"], bool) and 0 <= c["fallback"] <= 1
-    assert results["chosen"] == split.choose(scored)
+    cleared = [c for c in scored if c["controllability_mid"] is not None and c["controllability_mid"] >= 0.7 and c["cost_band"]
+               and all(v is not None and v > 0.3 for v in c["controllability_mid_per_task"])]
+    assert results["chosen"] == max(cleared or scored, key=lambda c: c["score"])["candidate"]
     assert "chosen" in split.format_table(results)
 
     # the candidates must spend exactly the steps stage 0 leaves (total 6 - 2)
@@ -48,6 +50,7 @@ def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
     ("supernet=1,edge=1", r"missing \['weights'\]"),
     ("supernet=1,edge=1,weights=1,depth=3", "unknown key 'depth'"),
     ("supernet=1,edge=1,weights=1,lr=fast", "lr must be a float"),
+    ("supernet=1,edge=1,weights=1,warm_start_steps=many", "warm_start_steps must be a int"),
     ("supernet=1,edge 1,weights=1", "is not KEY=VALUE"),
 ])
 def test_malformed_candidates_are_refused_by_name(text, message):
@@ -59,7 +62,8 @@ def _file(score: float, losses=(0.5, 0.4), seed: int = 0, control: float | None 
     cand = {"supernet": int(score * 10), "edge": 1, "weights": 1}
     scored = {"candidate": cand, "hv_full": score, "hv_mid": score, "hv_min": score, "score": 3 * score}
     if control != "absent":
-        scored.update(controllability_mid=control, cost_band=band, cost_fraction=[0.3, 0.45, 0.6, 0.8], fallback=0.0)
+        scored.update(controllability_mid=control, controllability_mid_per_task=[control, control], cost_band=band,
+                      cost_budgets=[0.5, 0.7, 0.9], cost_fraction=[0.45, 0.6, 0.8], fallback=0.0)
     return {"benchmark": "multifashion", "mode": "full", "seed": seed, "rule": "r", "stage0": {"val_anchor_losses": list(losses)},
             "candidates": [scored]}
 
@@ -78,7 +82,7 @@ def test_the_highest_score_wins_only_among_candidates_that_clear_the_control_bar
     merged = split.merge(files)
     assert merged["chosen"] == {"supernet": 12, "edge": 1, "weights": 1}
     table = split.format_table(merged)
-    assert table.count("MISSED") == 2 and table.count("cleared") == 2
+    assert table.count("MISSED") == 2 and table.count("cleared") == 2 and "0.9: 0.80" in table
     # when none clears them the highest score is chosen, and the table says so
     merged = split.merge([_file(1.0, control=0.2), _file(2.0, control=None)])
     assert merged["chosen"] == {"supernet": 20, "edge": 1, "weights": 1}
@@ -94,3 +98,13 @@ def test_a_candidate_scores_the_same_whichever_candidates_ran_before_it(tmp_path
     alone = split.score_candidates("multifashion", "quick", 0, [second], out=tmp_path / "b.json", **kwargs)
     assert both["candidates"][1]["mean_loss_full"] == alone["candidates"][0]["mean_loss_full"]
     assert both["candidates"][1]["mean_loss_min"] == alone["candidates"][0]["mean_loss_min"]
+
+
+def test_a_bad_setting_is_refused_before_stage0_trains(tmp_path, monkeypatch):
+    import dymu
+    monkeypatch.setattr(dymu.Controller, "fit_anchor", lambda *a, **k: pytest.fail("stage 0 must not start"))
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    for bad, message in (("warm_start=planner", "warm_start must be"), ("anchor_weight=0", "anchor_weight")):
+        with pytest.raises(ValueError, match=message):
+            split.score_candidates("multifashion", "quick", 0, [split.parse_candidate(f"supernet=2,edge=1,weights=1,{bad}")],
+                                   out=tmp_path / "x.json", data_root=str(root), steps=StepBudget(2, 2, 2, batch_size=16))

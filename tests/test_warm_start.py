@@ -3,8 +3,11 @@ those of the merge search, and stage 1 starts from trees that follow the prefere
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 
 import dymu
 from _tiny import tiny_batches, tiny_tasks
@@ -52,7 +55,6 @@ def test_stage1_starts_from_preference_following_trees_and_records_the_warm_star
                                                              np.array([0.45, 0.1, 0.45])]
     trees = {tuple(map(tuple, ctrl.plan(r / r.sum(), budget).tree.assignment)) for r in prefs}
     assert len(trees) >= 3, trees
-    assert ctrl.plan(np.full(3, 1 / 3), 1.0).tree.assignment == ((0, 1, 2),) * ctrl.n_layers
 
 
 def test_the_warm_start_needs_the_budget_mode_and_a_known_name():
@@ -62,3 +64,16 @@ def test_the_warm_start_needs_the_budget_mode_and_a_known_name():
         dymu.EdgeConfig(warm_start="planner")
     with pytest.raises(ValueError, match="warm_start_steps"):
         dymu.EdgeConfig(warm_start="merge", warm_start_steps=-1)
+
+
+def test_same_seed_same_warm_start_whatever_ran_before():
+    ctrl, _ = _streams()
+    ctrl.edge.anchor_at_zero.fill_(True)
+    first, second = copy.deepcopy(ctrl.edge), copy.deepcopy(ctrl.edge)
+    imitate_merge(first, ctrl.cost_table, ctrl._affinity_matrix(), steps=20, requests=64, held_out=16, seed=5)
+    torch.randn(100), np.random.rand(10)  # other draws in the process change nothing
+    imitate_merge(second, ctrl.cost_table, ctrl._affinity_matrix(), steps=20, requests=64, held_out=16, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    with pytest.raises(ValueError, match="must come from one controller"):
+        imitate_merge(dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(2), seed=0).edge, ctrl.cost_table,
+                      None, steps=1)

@@ -126,8 +126,8 @@ from .requests import (
     format_number,
     settings_for,
 )
-from .summary import METRICS, aggregate, preference_losses, summarise
-from .targets import check_control_targets, check_shared_node_targets, check_targets
+from .summary import METRICS, aggregate, controllability_scores, preference_losses, summarise
+from .targets import check_control_targets, check_shared_node_targets, check_targets, cost_band_met
 from .training_budget import TRAINING_BUDGET_RULE, Allocation, Part, allocation, training_totals
 
 # The package exports exactly what its modules export: each name is listed once, in its own module.

@@ -61,7 +61,7 @@ from dymu.tasks import Task
 from .loss_space import LossSpace, hv_of
 from .records import ModelRecord
 
-__all__ = ["METRICS", "summarise", "aggregate", "preference_losses"]
+__all__ = ["METRICS", "summarise", "aggregate", "preference_losses", "controllability_scores"]
 
 #: the per-setting numbers of :func:`summarise` (besides the per-task ``mean_loss`` / ``mean_primary``)
 METRICS = (
@@ -87,7 +87,7 @@ METRICS = (
 )
 
 
-def _controllability(tasks: Sequence[Task], prefs: np.ndarray, primary: np.ndarray, losses: np.ndarray) -> tuple[float, float, list[float]]:
+def controllability_scores(tasks: Sequence[Task], prefs: np.ndarray, primary: np.ndarray, losses: np.ndarray) -> tuple[float, float, list[float]]:
     """Spearman controllability of ``[P, N]`` primary metrics (mean and ``[N]`` per task) and of the negated
     losses (NaN when undefined)."""
     names = [t.name for t in tasks]
@@ -186,7 +186,7 @@ def summarise(
         prefs = np.array([r.preference for r in rows])
         losses = np.array([r.losses for r in rows])
         primary = np.array([r.primary for r in rows])
-        ctrl_metric, ctrl_loss, ctrl_per_task = _controllability(tasks, prefs, primary, losses)
+        ctrl_metric, ctrl_loss, ctrl_per_task = controllability_scores(tasks, prefs, primary, losses)
         deltas = _deltas(tasks, primary, single_task)
         flops_eval = float(np.mean([r.flops for r in rows]))
         params_eval = float(np.mean([r.params for r in rows]))

@@ -23,7 +23,7 @@ from .cost import COST_BAND
 from .equal_cost import EQUAL_COST_BUDGETS, WIN_TARGET, budget_setting
 from .requests import EVAL_CS, HEADLINE_SETTING, STATIC, format_number
 
-__all__ = ["check_targets", "check_control_targets", "check_shared_node_targets"]
+__all__ = ["check_targets", "check_control_targets", "check_shared_node_targets", "cost_band_met"]
 
 
 def _mean(methods: Mapping[str, Any], name: str, setting: str, metric: str) -> float | None:
@@ -181,10 +181,26 @@ def check_control_targets(methods: Mapping[str, Any], *, controller: str = "dymu
         targets.append(_undecided(text, "no budget curve in this run"))
     else:
         fractions, fallback = curve["flops_fraction"], float(sum(curve["fallback_fraction"]) / len(curve["fallback_fraction"]))
-        inside = [COST_BAND * b - 1e-9 <= f <= b + 1e-9 for b, f in zip(curve["budget"], fractions)]
-        targets.append({"target": text, "met": bool(all(inside) and fallback < MAX_FALLBACK), "budget": curve["budget"],
+        targets.append({"target": text, "met": cost_band_met(curve), "budget": curve["budget"],
                         "flops_fraction": fractions, "fallback_fraction": fallback, "skipped": curve.get("skipped", [])})
     return targets
+
+
+def cost_band_met(curve: Mapping[str, Any]) -> bool:
+    """Whether a budget curve (:func:`~benchmarks.protocol.planned_cost`'s ``budget_curve``) has its mean planned
+    cost in ``[COST_BAND b, b]`` at every budget and the fallback under :data:`MAX_FALLBACK` on average (False
+    for a curve without a budget).
+
+    >>> cost_band_met({"budget": [0.7, 0.9], "flops_fraction": [0.6, 0.85], "fallback_fraction": [0.0, 0.02]})
+    True
+    >>> cost_band_met({"budget": [0.7, 0.9], "flops_fraction": [0.54, 0.55], "fallback_fraction": [0.07, 0.07]})
+    False
+    """
+    budgets, fractions, fallbacks = curve["budget"], curve["flops_fraction"], curve["fallback_fraction"]
+    if not budgets:
+        return False
+    inside = all(COST_BAND * b - 1e-9 <= f <= b + 1e-9 for b, f in zip(budgets, fractions))
+    return bool(inside and sum(fallbacks) / len(fallbacks) < MAX_FALLBACK)
 
 
 #: "Shared nodes that help": the baselines the controller at budget 1 must beat on HV
