@@ -55,9 +55,10 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
     "multifashion": {
         "quick": {"seeds": [0], "steps": (300, 200, 120), "supernet_steps": 100, "n_preferences": 7, "hs_preferences": 3,
                   "test_examples": 4000, "cost_preferences": 200, "val_examples": 1000},
-        # [choice] the split after stage 0 and the supernet setting: chosen on validation (benchmarks/results/split)
+        # [choice] the split after stage 0, the supernet setting and stage 1's warm start: chosen on validation
+        # (benchmarks/results/split; the control bars and the warm start: multifashion-control-*.json)
         "full": {"seeds": [0, 1, 2], "steps": (1500, 200, 100), "supernet_steps": 1800, "n_preferences": None, "hs_preferences": 5,
-                 "supernet_config": {"lr": 1e-3, "distill": "none"},
+                 "supernet_config": {"lr": 1e-3, "distill": "none"}, "edge_config": {"warm_start": "merge"},
                  "test_examples": 10000, "cost_preferences": 1000, "val_examples": 3000},
     },
     "fashion_digits": {

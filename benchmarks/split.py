@@ -259,7 +259,7 @@ def merge(files: list[dict[str, Any]]) -> dict[str, Any]:
                 raise ValueError(f"--show: the files differ in {key} ({first[key]!r} and {other[key]!r})")
         if other["stage0"]["val_anchor_losses"] != first["stage0"]["val_anchor_losses"]:
             raise ValueError("--show: the files were scored on different stage-0 streams (their validation losses differ)")
-    merged = {**first, "candidates": [c for f in files for c in f["candidates"]]}
+    merged = {**first, "rule": RULE, "candidates": [c for f in files for c in f["candidates"]]}
     merged["chosen"] = choose(merged["candidates"])
     if any(controls(c) is None for c in merged["candidates"]):
         merged["rule"] = RULE + " (candidates scored before the bars were measured are chosen only when none clears them)"
