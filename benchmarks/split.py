@@ -234,7 +234,8 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         kept = (ctrl.stages.get("supernet") or {}).get("kept_stage0")
         results["candidates"].append({"candidate": cand, **scored, "supernet_config": asdict(supernet),
                                       "edge_config": asdict(edge),
-                                      "warm_start": (ctrl.stages.get("edge") or {}).get("warm_start"), "supernet_kept_stage0": kept,
+                                      "warm_start": (ctrl.stages.get("edge") or {}).get("warm_start"),
+                                      "search": (ctrl.stages.get("edge") or {}).get("search"), "supernet_kept_stage0": kept,
                                       "seconds": time.time() - began})
         say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f}; "
             f"controllability halfway {_number(scored['controllability_mid'])}, cost in band {scored['cost_band']} "

@@ -28,6 +28,7 @@ def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
         assert len(c["mean_loss_full"]) == 2 and all(v > 0 for v in c["mean_loss_min"])
     assert scored[0]["edge_config"]["warm_start"] == "merge" and scored[0]["warm_start"]["steps"] > 0
     assert scored[1]["edge_config"]["warm_start"] == "none" and scored[1]["warm_start"] is None
+    assert all(c["search"]["chosen"] in ("hypernet", "merge") for c in scored)  # which budget search validation kept
     assert scored[1]["supernet_config"]["lr"] == 0.001 and scored[1]["supernet_config"]["distill"] == "none"
     for c in scored:
         # the control bars are measured on the validation-chosen controller of every candidate
