@@ -77,3 +77,17 @@ def test_same_seed_same_warm_start_whatever_ran_before():
     with pytest.raises(ValueError, match="must come from one controller"):
         imitate_merge(dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(2), seed=0).edge, ctrl.cost_table,
                       None, steps=1)
+
+
+def test_a_resumed_stage1_loads_the_hypernet_it_reached_without_warming_it_again(tmp_path, monkeypatch):
+    ctrl, data = _streams()
+    first = copy.deepcopy(ctrl)
+    config = dymu.EdgeConfig(steps=2, warm_start="merge", warm_start_steps=50)
+    first.fit_edge(data, config=config, checkpoint=tmp_path, verbose=False)
+    assert first.stages["edge"]["warm_start"]["steps"] == 50
+    import dymu.controller as controller_module
+    monkeypatch.setattr(controller_module, "imitate_merge", lambda *a, **k: pytest.fail("warm start on resume"))
+    second = copy.deepcopy(ctrl)
+    second.fit_edge(data, config=config, checkpoint=tmp_path, resume=True, verbose=False)
+    for key, tensor in first.edge.state_dict().items():
+        assert torch.equal(tensor, second.edge.state_dict()[key]), key
