@@ -15,6 +15,7 @@ stage resumes from exactly. The configs live in :mod:`dymu.stage_configs`.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -41,6 +42,7 @@ from .distributed import broadcast_state, collect_if_distributed, maybe_ddp, ran
 from .loop import Batch, KeepBest, Part, Step, StepInfo, TrainLoop, checked_batch, cycle, to_device
 from .planner import Planner
 from .preferences import RequestSampler
+from .progress import quiet_from_env
 from .resume import Checkpointing
 from .stage_configs import AnchorConfig, EdgeConfig, WeightConfig, adam, multistep
 from .tasks import Task
@@ -233,7 +235,10 @@ class _HypernetStage:
             # the starting state (a warm start) is a candidate: training that never beats it on validation changes nothing
             self.anchor.train(config.bn_stats == "batch")
             with frozen_batchnorm_statistics(self.anchor):
-                keep.offer(validate(0), 0)
+                start = validate(0)
+            keep.offer(start, 0)
+            if verbose and not quiet_from_env():
+                sys.stderr.write(f"[{stage}] val score {start['score']:.4f} before training (the warm start)\n")
         loop = TrainLoop(
             stage, config.steps, self.device, tasks,
             state=_training_state(self.name, self.hypernet, self.optimizer, self.scheduler, self.precision),
