@@ -3,10 +3,13 @@
 Usage::
 
     python -m benchmarks.reprint benchmarks/results/supernet/fashion_digits.json
+    python -m benchmarks.reprint benchmarks/results/longer-supernet/fashion_digits.json --paths digit budget=0.6
 
 The run itself prints the same table when it ends (:func:`benchmarks.protocol.format_markdown`); this
 prints it again from the file, with the targets of the current :mod:`benchmarks.protocol.targets` (for a
-file written before a target was added). Nothing is trained or evaluated.
+file written before a target was added). With ``--paths TASK SETTING`` it prints instead where one task's
+path runs in the controller's trees of that setting, one row per evaluation preference (:func:`task_paths`).
+Nothing is trained or evaluated.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from . import protocol
 
-__all__ = ["retarget", "main"]
+__all__ = ["retarget", "task_paths", "main"]
 
 
 def retarget(results: dict) -> dict:
@@ -32,9 +35,47 @@ def retarget(results: dict) -> dict:
             "shared_node_targets": protocol.check_shared_node_targets(methods, results.get("benchmark", ""))}
 
 
+def task_paths(results: dict, task: str, setting: str, *, method: str = "dymu", seed_index: int = 0) -> str:
+    """A markdown table of where ``task``'s path runs in ``method``'s trees built for ``setting``: per evaluation
+    preference (sorted by the task's preference), the task's preference and primary metric, the blocks where
+    its node serves it alone, its stream at the first and the last block, and the search that built the tree.
+
+    >>> results = {"tasks": [{"name": "a"}, {"name": "b"}], "methods": {"dymu": {"records": [[
+    ...     {"setting": "budget=0.6", "preference": [0.8, 0.2], "primary": [0.9, 0.7],
+    ...      "info": {"tree": [[0, 0], [0, 1]], "search": "merge"}}]]}}}
+    >>> print(task_paths(results, "b", "budget=0.6").splitlines()[-1])
+    | 0.200 | 0.7000 | 1 of 2 | 0 | 1 | merge |
+
+    Raises:
+        ValueError: an unknown task, method or setting, or records without trees, naming what exists.
+    """
+    names = [t["name"] if isinstance(t, dict) else t for t in results.get("tasks") or []]
+    if task not in names:
+        raise ValueError(f"no task {task!r} in the file; its tasks are {names}")
+    records = ((results.get("methods") or {}).get(method) or {}).get("records") or []
+    if not records:
+        raise ValueError(f"no records of method {method!r} in the file; it has {sorted(results.get('methods') or {})}")
+    rows = [r for r in records[seed_index] if r["setting"] == setting]
+    if not rows:
+        raise ValueError(f"{method} has no records for {setting!r}; it has {sorted({r['setting'] for r in records[seed_index]})}")
+    k = names.index(task)
+    lines = [f"| r_{task} | {task} primary | blocks on its own node | stream at block 0 | stream at the last block | search |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["preference"][k]):
+        tree = r["info"].get("tree")
+        if tree is None:
+            raise ValueError(f"the {setting} records of {method} hold no trees")
+        alone = sum(all(row[j] != row[k] for j in range(len(names)) if j != k) for row in tree)
+        lines.append(f"| {r['preference'][k]:.3f} | {r['primary'][k]:.4f} | {alone} of {len(tree)} | {tree[0][k]} | "
+                     f"{tree[-1][k]} | {r['info'].get('search', '–')} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reprint", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="a results file written by python -m benchmarks.run")
+    parser.add_argument("--paths", nargs=2, metavar=("TASK", "SETTING"), default=None,
+                        help="print where TASK's path runs in the controller's trees of SETTING (e.g. digit budget=0.6)")
     args = parser.parse_args(argv)
     if not args.results.is_file():
         parser.error(f"no results file at {args.results}")
@@ -45,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not results.get("protocol") or not results.get("methods"):
         parser.error(f"{args.results} has no summarised results yet (a run summarises a seed once its single-task "
                      "baseline is evaluated); finish it with python -m benchmarks.run ... --resume")
+    if args.paths is not None:
+        try:
+            print(task_paths(results, *args.paths))
+        except ValueError as error:
+            parser.error(str(error))
+        return 0
     print(protocol.format_markdown(retarget(results)))
     return 0
 
