@@ -15,7 +15,7 @@ import abc
 import copy
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -152,8 +152,6 @@ class ControllerMethod(Method):
         """Train ``ctrl`` (stage 0 and its affinity done) through the supernet stage (when ``supernet`` and it
         has steps), the edge and the weight hypernet (when used and it has steps) of :attr:`steps`; it becomes
         :attr:`controller`."""
-        from dataclasses import replace
-
         if supernet and self.steps.supernet > 0:
             ctrl.fit_supernet(train, val, config=replace(self.supernet_config, steps=self.steps.supernet),
                               device=device, verbose=verbose)

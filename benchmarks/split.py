@@ -117,14 +117,14 @@ def _val_hv(method: ControllerMethod, tasks, val, preferences: np.ndarray, space
                 "min": protocol.Setting("budget=min", budget=low)}
     records = protocol.evaluate_method(method, tasks, val, preferences, list(settings.values()), example=example)
     out: dict[str, Any] = {}
-    for key, setting in settings.items():
-        rows = [r for r in records if r.setting == setting.name]
-        losses = np.array([r.losses for r in rows])
+    rows = {key: [r for r in records if r.setting == setting.name] for key, setting in settings.items()}
+    for key, kept in rows.items():
+        losses = np.array([r.losses for r in kept])
         out[f"hv_{key}"] = protocol.hv_of(space, losses)
         out[f"mean_loss_{key}"] = losses.mean(0).tolist()
-        out[f"distinct_trees_{key}"] = len({tuple(map(tuple, r.info.get("tree") or [])) for r in rows})
+        out[f"distinct_trees_{key}"] = len({tuple(map(tuple, r.info.get("tree") or [])) for r in kept})
     out["score"] = out["hv_full"] + out["hv_mid"] + out["hv_min"]
-    mid = [r for r in records if r.setting == settings["mid"].name]
+    mid = rows["mid"]
     mean, _, per_task = protocol.controllability_scores(
         tasks, np.array([r.preference for r in mid]), np.array([r.primary for r in mid]), np.array([r.losses for r in mid]))
     # undefined (a model that ignores the preference) is None, as the results files write it
@@ -182,12 +182,11 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
     config = make_config(benchmark, mode, seeds=[seed], data_root=data_root, **overrides)
     steps = config.steps
     after_anchor = steps.total - steps.anchor
-    for cand in candidates:
+    for cand in candidates:  # a bad candidate is refused now, not after stage 0 has trained
         if sum(cand[k] for k in STEP_KEYS) != after_anchor:
             raise ValueError(f"candidate {cand}: supernet + edge + weights = {sum(cand[k] for k in STEP_KEYS)}, but the "
                              f"{benchmark} {mode} budget leaves {after_anchor} steps after stage 0's {steps.anchor} "
                              f"(total {steps.total}: every method's budget)")
-    for cand in candidates:  # a bad setting is refused now, not after stage 0 has trained
         _configs(cand, seed)
     git = git_state()  # at the start: the code this process imports is the code at this moment
     say = lambda text: (sys.stderr.write(f"[split] {text}\n"), sys.stderr.flush())  # noqa: E731
@@ -260,11 +259,11 @@ def merge(files: list[dict[str, Any]]) -> dict[str, Any]:
                 raise ValueError(f"--show: the files differ in {key} ({first[key]!r} and {other[key]!r})")
         if other["stage0"]["val_anchor_losses"] != first["stage0"]["val_anchor_losses"]:
             raise ValueError("--show: the files were scored on different stage-0 streams (their validation losses differ)")
-    merged = {**first, "rule": RULE, "candidates": [c for f in files for c in f["candidates"]]}
-    merged["chosen"] = choose(merged["candidates"])
-    if any(controls(c) is None for c in merged["candidates"]):
-        merged["rule"] = RULE + " (candidates scored before the bars were measured are chosen only when none clears them)"
-    return merged
+    candidates = [c for f in files for c in f["candidates"]]
+    rule = RULE
+    if any(controls(c) is None for c in candidates):
+        rule += " (candidates scored before the bars were measured are chosen only when none clears them)"
+    return {**first, "rule": rule, "candidates": candidates, "chosen": choose(candidates)}
 
 
 def _number(value: float | None) -> str:

@@ -212,15 +212,15 @@ def train_supernet(
     optimizer = adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
     scales = loss_scales.to(device)
+    tree_weights = [config.anchor_weight] + [1.0] * (1 + config.budget_trees)  # the order of SandwichTrees.draw
+    # a divisor, not a product, so that equal weights reproduce the plain mean bit for bit
+    divisor = [sum(tree_weights) / w for w in tree_weights]
 
     def step(info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> dict[str, float]:
         drawn = trees.draw()
         targets_t = _teacher_features(teacher, x) if distil else None
         optimizer.zero_grad(set_to_none=True)
         task_total = distil_total = 0.0
-        tree_weights = [config.anchor_weight] + [1.0] * (len(drawn) - 1)  # the anchor tree comes first
-        # a divisor, not a product, so that equal weights reproduce the plain mean bit for bit
-        divisor = [sum(tree_weights) / w for w in tree_weights]
         for index, (assignment, r) in enumerate(drawn):
             # only the anchor tree's pass moves the running statistics (see the module docstring)
             with _bn_context(anchor, index > 0, config.bn):

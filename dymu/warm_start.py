@@ -45,12 +45,11 @@ def parent_targets(assignment: list[list[int]] | tuple[tuple[int, ...], ...], n_
     targets = torch.full((n_layers, n_tasks), FREE, dtype=torch.long)
     for layer in range(n_layers - 1):
         for k in range(n_tasks):
-            targets[layer, assignment[layer + 1][k]] = assignment[layer][k]
+            node, parent = assignment[layer + 1][k], assignment[layer][k]
+            if int(targets[layer, node]) not in (FREE, parent):
+                raise ValueError(f"{assignment} is not a tree: node ({layer + 1}, {node}) has two parents")
+            targets[layer, node] = parent
     targets[n_layers - 1] = torch.as_tensor(list(assignment[n_layers - 1]))
-    for layer in range(n_layers - 1):
-        for k in range(n_tasks):
-            if int(targets[layer, assignment[layer + 1][k]]) != assignment[layer][k]:
-                raise ValueError(f"{assignment} is not a tree: node ({layer + 1}, {assignment[layer + 1][k]}) has two parents")
     return targets
 
 
