@@ -74,7 +74,7 @@ STEP_KEYS = ("supernet", "edge", "weights")
 SUPERNET_KEYS = {"lr": float, "distill_weight": float, "distill": str, "bn": str, "budget_trees": int,
                  "anchor_weight": float}
 #: :class:`dymu.EdgeConfig` fields a candidate may set
-EDGE_KEYS = {"warm_start": str, "warm_start_steps": int}
+EDGE_KEYS = {"warm_start": str, "warm_start_steps": int, "path_samples": int}
 #: the mean Spearman controllability a candidate must reach at the halfway budget, and every task's (the control
 #: target's bars)
 CONTROL_BAR, TASK_BAR = MIN_CONTROLLABILITY, MIN_TASK_CONTROLLABILITY
@@ -234,7 +234,8 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         results["candidates"].append({"candidate": cand, **scored, "supernet_config": asdict(supernet),
                                       "edge_config": asdict(edge),
                                       "warm_start": (ctrl.stages.get("edge") or {}).get("warm_start"),
-                                      "search": (ctrl.stages.get("edge") or {}).get("search"), "supernet_kept_stage0": kept,
+                                      "search": (ctrl.stages.get("edge") or {}).get("search"),
+                                      "paths": (ctrl.stages.get("edge") or {}).get("paths"), "supernet_kept_stage0": kept,
                                       "seconds": time.time() - began})
         say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f}; "
             f"controllability halfway {_number(scored['controllability_mid'])}, cost in band {scored['cost_band']} "
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidate", action="append", required=True, type=parse_candidate,
                         help="KEY=VALUE,...: supernet, edge, weights steps (required), and lr, distill_weight, distill, bn, budget_trees, "
-                             "anchor_weight (the supernet's), warm_start (stage 1's)")
+                             "anchor_weight (the supernet's), warm_start, warm_start_steps, path_samples (stage 1's)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-root", default=None)

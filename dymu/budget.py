@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .metrics.cost import block_cost_table, count_flops, count_params
+
+if TYPE_CHECKING:
+    from .path_losses import PathLosses
 
 __all__ = ["CostTable", "shrink_to_budget", "merged_anchor"]
 
@@ -106,6 +109,7 @@ def shrink_to_budget(
     table: CostTable,
     preference: Sequence[float],
     affinity: np.ndarray,
+    path_losses: PathLosses | None = None,
 ) -> list[list[int]]:
     """Merge branches of a tree, least harmful first, until its FLOPs fit ``max_flops``.
 
@@ -116,6 +120,11 @@ def shrink_to_budget(
     tasks ``K`` is ``sum_{k in M} (r_k + 0.1 / N) * (1.05 - mean_{m in K} Aff(k, m)) * changed_layers(k) / L``:
     low-preference tasks move first, onto their most similar tasks' features, changing few layers.
     Greedy merging always reaches the single-stream tree, the cheapest there is.
+
+    With ``path_losses`` (:mod:`dymu.path_losses`), the harm is measured instead of guessed: each moved
+    task's relative loss increase on its new path over its old one, ``sum_{k in M} (r_k + 0.1 / N) *
+    (rise_k(new path) - rise_k(old path))``, with ``rise_k(p) = L_k(p) / L_k(own stream) - 1``; a merge that
+    helps counts as harmless.
 
     Raises:
         ValueError: when ``max_flops`` is below the single-stream tree's FLOPs.
@@ -146,8 +155,17 @@ def shrink_to_budget(
                         changed = sum(new[m][k] != target_path[m] for m in range(layer + 1))
                         for m in range(layer + 1):
                             new[m][k] = target_path[m]
-                        similarity = float(aff[k, keep].mean())
-                        harm += (r[k] + 0.1 / n_tasks) * (1.05 - similarity) * changed / n_layers
+                        weight = r[k] + 0.1 / n_tasks
+                        if path_losses is None:
+                            similarity = float(aff[k, keep].mean())
+                            harm += weight * (1.05 - similarity) * changed / n_layers
+                        else:
+                            rise = (path_losses.relative_increase(k, [row[k] for row in new])
+                                    - path_losses.relative_increase(k, [row[k] for row in rows]))
+                            harm += weight * rise
+                    if path_losses is not None:
+                        # among harmless merges, the one saving the most FLOPs first
+                        harm = max(harm, 0.0) + 1e-9
                     new_cost = table.tree_flops(new)
                     saved = cost - new_cost
                     if saved <= 0:
@@ -161,10 +179,12 @@ def shrink_to_budget(
     return rows
 
 
-def merged_anchor(table: CostTable, budget: float, preference: Sequence[float], affinity: np.ndarray) -> tuple[tuple[int, ...], ...]:
+def merged_anchor(table: CostTable, budget: float, preference: Sequence[float], affinity: np.ndarray,
+                  path_losses: PathLosses | None = None) -> tuple[tuple[int, ...], ...]:
     """The merge search's tree for one request: the anchor merged by :func:`shrink_to_budget` until it costs at
-    most ``budget`` (a fraction of the anchor's FLOPs, heads included) -> ``assignment [L][N]``."""
+    most ``budget`` (a fraction of the anchor's FLOPs, heads included) -> ``assignment [L][N]``; the harm
+    measured when ``path_losses`` is given."""
     anchor = [list(range(table.n_tasks)) for _ in range(table.n_layers)]
-    rows = shrink_to_budget(anchor, budget * table.anchor_flops, table, preference, affinity)
+    rows = shrink_to_budget(anchor, budget * table.anchor_flops, table, preference, affinity, path_losses)
     return tuple(tuple(row) for row in rows)
 

@@ -37,7 +37,7 @@ from affinity.rsa import AffinityResult, rsa_affinity
 from hyper import EdgeHypernet, WeightHypernet, tree_code
 
 from .adaptation import Adaptation, BatchNorm
-from .anchor import AnchorNet, tree_losses
+from .anchor import AnchorNet, frozen_batchnorm_statistics, tree_losses
 from .backbones.base import BlockBackbone
 from .budget import CostTable
 from .checks import check_batch
@@ -45,6 +45,7 @@ from .derived import DerivedModel, derive_model, recalibrate_batchnorm
 from .distributed import mean_over_ranks
 from .evaluation import EvaluationTable, evaluate_model
 from .export import fold_batchnorm
+from .path_losses import MAX_PATHS, PathLosses, measure_path_losses, path_count
 from .planner import SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
 from .progress import quiet_from_env
@@ -142,6 +143,7 @@ class Controller:
         self.bn_stats = "anchor"
         self.adapt_scope = "shared"
         self.search = "hypernet"
+        self.path_losses: PathLosses | None = None
         self.stages: dict[str, Any] = {}
         self._cache: OrderedDict[tuple, tuple[BuildPlan, Adaptation | None]] = OrderedDict()
 
@@ -162,7 +164,8 @@ class Controller:
     @property
     def planner(self) -> Planner:
         """The planner over the current edge hypernet, cost table, affinity and control mode."""
-        return Planner(self.edge, self.cost_table, self.task_names, self._affinity_matrix(), self.control, self.search)
+        return Planner(self.edge, self.cost_table, self.task_names, self._affinity_matrix(), self.control, self.search,
+                       self.path_losses)
 
     def _affinity_matrix(self) -> np.ndarray | None:
         """``[N, N]`` task affinity (None before :meth:`fit_affinity`)."""
@@ -450,21 +453,27 @@ class Controller:
         self._invalidate()
         batches = self._validation_batches(val, val_samples) if val is not None else None
         affinity = self._affinity_tensor()  # before the warm start: it needs the affinity too
+        paths = self._paths_for_search(val, val_samples, config, device, verbose)
+        if config.warm_start == "measured" and self.path_losses is None:
+            raise ValueError(f"warm_start='measured' needs the path losses, which were not measured: {paths.get('skipped')}")
         saving = checkpointing(checkpoint, checkpoint_every, resume)
         resuming = saving is not None and saving.resume and saving.file("edge").exists()
         warm = None
-        if config.warm_start == "merge" and not resuming:  # a resumed stage loads the hypernet it had reached
+        if config.warm_start != "none" and not resuming:  # a resumed stage loads the hypernet it had reached
+            measured = self.path_losses if config.warm_start == "measured" else None
             warm = imitate_merge(self.edge.to(device), self.cost_table, self._affinity_matrix(), steps=config.warm_start_steps,
-                                 alpha=config.dirichlet_alpha, seed=int(config.seed) + 31)
+                                 alpha=config.dirichlet_alpha, seed=int(config.seed) + 31, path_losses=measured)
             if verbose and not quiet_from_env():
-                sys.stderr.write(f"[edge] warm start on the merge search's trees: held-out trees matched {warm['match_before']:.0%} "
-                                 f"-> {warm['match_after']:.0%}, parent choices {warm['row_match_after']:.0%} ({warm['seconds']:.0f} s)\n")
+                sys.stderr.write(f"[edge] warm start on the {config.warm_start} search's trees: held-out trees matched "
+                                 f"{warm['match_before']:.0%} -> {warm['match_after']:.0%}, parent choices "
+                                 f"{warm['row_match_after']:.0%} ({warm['seconds']:.0f} s)\n")
         result = train_edge(
             self.anchor, self.edge, self.tasks, train, affinity, self.loss_scales, config, device, verbose,
             cost_table=self.cost_table, select=self._selector(batches, adapted=False), checkpointing=saving,
             score_start=warm is not None,
         )
         self._record("edge", config, result)
+        self.stages["edge"]["paths"] = paths
         if warm is not None:
             self.stages["edge"]["warm_start"] = warm
         if batches is not None and self.control == "budget":
@@ -474,22 +483,69 @@ class Controller:
         return result
 
     def choose_search(self, batches: list, known: Mapping[str, float] | None = None) -> dict[str, Any]:
-        """Keep the planner's budget search (``"hypernet"`` or ``"merge"``, :mod:`dymu.planner`) that scores
-        lower on :meth:`validation_requests` over ``batches`` (ties keep the hypernet). ``known``: scores
-        already measured on these batches (stage 1's best is the hypernet's). Scores are averaged over
-        ranks, so every rank keeps the same search. Returns the scores and the choice; :attr:`search`
-        holds it."""
-        scores = dict(known or {})
+        """Keep the planner's budget search (``"hypernet"``, ``"merge"``, or ``"measured"`` when
+        :attr:`path_losses` are measured; :mod:`dymu.planner`) that scores lower on :meth:`validation_requests`
+        over ``batches`` (ties keep the hypernet, then the merge). ``known``: scores already measured on
+        these batches (stage 1's best is the hypernet's). Scores are averaged over ranks, so every rank
+        keeps the same search. Returns the scores and the choice; :attr:`search` holds it."""
+        candidates = [s for s in SEARCHES if s != "measured" or self.path_losses is not None]
+        scores = {s: v for s, v in (known or {}).items() if s in candidates}
         measured = {}
-        for search in SEARCHES:
+        for search in candidates:
             if search not in scores:
                 self.search = search
                 self._invalidate()
                 measured[search] = self._validation_score(batches, adapted=False)
         scores.update(mean_over_ranks(measured, self._device(None)))
-        self.search = min(SEARCHES, key=lambda s: (scores[s], s != "hypernet"))
+        self.search = min(candidates, key=lambda s: (scores[s], candidates.index(s)))
         self._invalidate()
         return {"scores": scores, "chosen": self.search}
+
+    def measure_paths(self, data: Iterable, *, skip: int = 0, samples: int = 1024,
+                      device: str | torch.device | None = None) -> PathLosses:
+        """Every task's mean loss along every path of streams (:mod:`dymu.path_losses`) on ``samples`` examples of
+        ``data`` after its first ``skip`` (counted in whole batches, as the validation score takes them), the
+        streams as they are; kept in :attr:`path_losses` for the ``"measured"`` search.
+
+        Raises:
+            ValueError: more than :data:`dymu.path_losses.MAX_PATHS` paths; no example after the first
+                ``skip``; a bad batch (:func:`dymu.checks.check_batch`).
+        """
+        device = self._device(device)
+        batches = _samples_after(data, skip, samples)
+        for index, (x, targets) in enumerate(batches):
+            check_batch(x, targets, self.tasks, stage="path losses", step=None, batch=index)
+        self.anchor.train(self.bn_stats == "batch")  # as the validation score runs the trees
+        try:
+            with frozen_batchnorm_statistics(self.anchor):
+                self.path_losses = measure_path_losses(self.anchor, self.tasks, batches, device)
+        finally:
+            self.anchor.eval()
+        self._invalidate()
+        return self.path_losses
+
+    def _paths_for_search(self, val: Iterable | None, val_samples: int, config: EdgeConfig, device: torch.device,
+                          verbose: bool) -> dict[str, Any]:
+        """Stage 1's measurement of the path losses (``config.path_samples``) on validation examples the score does
+        not read; what was measured, or why not."""
+        self.path_losses = None
+        if config.path_samples == 0:
+            return {"skipped": "path_samples=0"}
+        if val is None or config.control != "budget":
+            return {"skipped": "needs validation data and control='budget'"}
+        count = path_count(self.n_tasks, self.n_layers)
+        if count > MAX_PATHS:
+            return {"skipped": f"{count} paths, more than {MAX_PATHS}"}
+        start = time.time()
+        try:
+            table = self.measure_paths(val, skip=val_samples, samples=config.path_samples, device=device)
+        except NoExamplesLeft as error:
+            return {"skipped": str(error)}
+        seconds = time.time() - start
+        if verbose and not quiet_from_env():
+            sys.stderr.write(f"[edge] measured every task's loss along {count} paths on {table.samples} validation images "
+                             f"after the scored ones ({seconds:.0f} s)\n")
+        return {"paths": count, "samples": table.samples, "seconds": seconds}
 
     # --------------------------------------------------------------------------- stage 2
     def fit_weights(
@@ -679,6 +735,7 @@ class Controller:
             "bn_stats": self.bn_stats,
             "adapt_scope": self.adapt_scope,
             "search": self.search,
+            "path_losses": self.path_losses.to_dict() if self.path_losses is not None else None,
             "stages": self.stages,
         }
 
@@ -720,6 +777,9 @@ class Controller:
         ctrl.bn_stats = state.get("bn_stats", "anchor")
         ctrl.adapt_scope = state.get("adapt_scope", "shared")
         ctrl.search = state.get("search", "hypernet")
+        ctrl.path_losses = PathLosses.from_dict(state["path_losses"]) if state.get("path_losses") else None
+        if ctrl.search == "measured" and ctrl.path_losses is None:
+            raise ValueError("the checkpoint's search is 'measured' but it holds no path losses")
         ctrl.stages = state.get("stages", {})
         ctrl.anchor.eval()
         ctrl.edge.eval()
@@ -764,6 +824,28 @@ def _first_samples(data: Iterable, n: int) -> list:
             break
     if not out:
         raise ValueError("the validation data yielded no batch")
+    return out
+
+
+class NoExamplesLeft(ValueError):
+    """The data holds no example after the ones skipped."""
+
+
+def _samples_after(data: Iterable, skip: int, n: int) -> list:
+    """``n`` samples of ``data`` after the whole batches that hold its first ``skip`` (the ones
+    :func:`_first_samples` takes), the last batch cut to size."""
+    out, seen, taken = [], 0, 0
+    for x, targets in data:
+        if seen < skip:
+            seen += x.shape[0]
+            continue
+        keep = min(x.shape[0], n - taken)
+        out.append((x[:keep], {name: t[:keep] for name, t in targets.items()}))
+        taken += keep
+        if taken >= n:
+            break
+    if not out:
+        raise NoExamplesLeft(f"the data holds no example after the first {seen} (skipped as they are scored)")
     return out
 
 

@@ -16,7 +16,7 @@ Two control modes, fixed when the edge hypernet is trained (:class:`dymu.EdgeCon
 * ``"paper"``: the hypernet's input is the paper's resource preference ``c``; a budget is met by the
   least frugal ``c`` of a 21-point grid whose tree fits.
 
-Two searches for a budget in budget mode (``search``), chosen on validation after stage 1
+Three searches for a budget in budget mode (``search``), chosen on validation after stage 1
 (:meth:`dymu.Controller.fit_edge`):
 
 * ``"hypernet"``: the edge hypernet's trees over the pressure grid, as above.
@@ -25,7 +25,10 @@ Two searches for a budget in budget mode (``search``), chosen on validation afte
   fits: low-preference tasks move first, onto their most similar streams. The controller keeps
   whichever search scores better on its validation requests.
   The merge is the plan here, not a fallback (``fallback`` stays False); the edge hypernet still serves
-  ``c`` requests, and either search gives the anchor tree at budget 1.
+  ``c`` requests, and every search gives the anchor tree at budget 1.
+* ``"measured"`` ([choice] beyond the paper): the same merge search with each merge's harm measured, the
+  moved tasks' validation losses along their new paths (:mod:`dymu.path_losses`), in place of the guess
+  from the affinity and the depth.
 """
 
 from __future__ import annotations
@@ -42,11 +45,14 @@ from affinity.tree import Tree
 from hyper import EdgeHypernet, budget_pressure, most_likely_parents
 
 from .budget import CostTable, merged_anchor, shrink_to_budget
+from .path_losses import PathLosses
 
 __all__ = ["BuildPlan", "Planner", "CONTROL_MODES", "SEARCHES"]
 
 CONTROL_MODES = ("budget", "paper")
-SEARCHES = ("hypernet", "merge")
+SEARCHES = ("hypernet", "merge", "measured")
+#: the searches that merge branches from the anchor tree
+MERGE_SEARCHES = ("merge", "measured")
 
 #: resource inputs tried, least frugal first: the paper's 21-point c grid; 41 budget pressures
 GRID_POINTS = 21
@@ -65,7 +71,7 @@ class BuildPlan:
         flops, params: per-image cost of the tree, from the cost table.
         fallback: True when no proposal fitted and branches were merged after the hypernet.
         mode: ``"budget"`` or ``"paper"``.
-        search: ``"hypernet"`` or ``"merge"``: what decided the tree (see the module docstring).
+        search: ``"hypernet"``, ``"merge"`` or ``"measured"``: what decided the tree (see the module docstring).
     """
 
     tree: Tree
@@ -107,7 +113,8 @@ class Planner:
         task_names: the N tasks, in order.
         affinity: ``[N, N]`` task affinity for the fallback merge (None: all tasks alike).
         mode: ``"budget"`` or ``"paper"`` (see the module docstring).
-        search: ``"hypernet"`` or ``"merge"``: how a budget is met in budget mode (module docstring).
+        search: ``"hypernet"``, ``"merge"`` or ``"measured"``: how a budget is met in budget mode (module docstring).
+        path_losses: the measured per-path losses the ``"measured"`` search needs.
     """
 
     def __init__(
@@ -118,12 +125,16 @@ class Planner:
         affinity: np.ndarray | None,
         mode: str = "budget",
         search: str = "hypernet",
+        path_losses: PathLosses | None = None,
     ):
         if mode not in CONTROL_MODES:
             raise ValueError(f"control mode must be one of {CONTROL_MODES}, got {mode!r}")
         if search not in SEARCHES:
             raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+        if search == "measured" and path_losses is None:
+            raise ValueError("the 'measured' search needs measured path losses (Controller.measure_paths(val))")
         self.edge, self.table, self.mode, self.search = edge, cost_table, mode, search
+        self.path_losses = path_losses
         self.task_names = list(task_names)
         n = len(self.task_names)
         self.affinity = np.ones((n, n)) if affinity is None else np.asarray(affinity, dtype=float)
@@ -157,7 +168,7 @@ class Planner:
         table = self.table
         if budget is not None:
             self.check_budget_reachable(budget)
-        if self.search == "merge" and self.mode == "budget" and budget is not None and c is None:
+        if self.search in MERGE_SEARCHES and self.mode == "budget" and budget is not None and c is None:
             return self._merge_plan(preference, budget)
         inputs = self.resource_inputs(budget, c)
         device = next(self.edge.parameters()).device
@@ -189,7 +200,8 @@ class Planner:
 
     def _merge_plan(self, preference: np.ndarray, budget: float) -> BuildPlan:
         table = self.table
-        assignment = merged_anchor(table, budget, preference, self.affinity)
+        measured = self.path_losses if self.search == "measured" else None
+        assignment = merged_anchor(table, budget, preference, self.affinity, measured)
         return BuildPlan(
             tree=Tree(self.task_names, assignment),
             preference=tuple(float(v) for v in preference),
@@ -199,5 +211,5 @@ class Planner:
             params=table.tree_params(assignment),
             fallback=False,
             mode=self.mode,
-            search="merge",
+            search=self.search,
         )

@@ -231,9 +231,13 @@ class EdgeConfig(_Presets):
             fixed validation requests and keep the best (None: four times per stage).
         bn_stats: ``"anchor"``: BatchNorm uses the anchor's running statistics throughout (the model
             that is deployed); ``"batch"``: batch statistics as in the paper (frozen running stats).
-        warm_start: ``"none"`` (default) or ``"merge"`` ([choice] beyond the paper, :mod:`dymu.warm_start`):
-            before the first step, fit the hypernet's most likely trees to the merge search's for
+        warm_start: ``"none"`` (default), ``"merge"`` or ``"measured"`` ([choice] beyond the paper,
+            :mod:`dymu.warm_start`): before the first step, fit the hypernet's most likely trees to the
+            merge search's (``"measured"``: with the measured harm, which needs ``path_samples``) for
             ``warm_start_steps`` Adam steps on drawn requests; no training image is read. Budget mode only.
+        path_samples: with validation data in budget mode, measure every task's loss along every path of
+            streams on this many validation images after the ones scored (:mod:`dymu.path_losses`), which
+            makes the ``"measured"`` search a candidate of the validation choice (0: not measured).
         regulariser: Omega's weights and ablation switches.
         amp: mixed precision for the anchor's forward (see :class:`AnchorConfig`).
         seed: seeds preference draws and Gumbel noise (None: the controller's seed).
@@ -262,17 +266,22 @@ class EdgeConfig(_Presets):
     bn_stats: str = "anchor"
     warm_start: str = "none"
     warm_start_steps: int = 1000
+    path_samples: int = 0
     regulariser: RegulariserConfig = field(default_factory=RegulariserConfig)
     amp: bool = False
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.warm_start not in ("none", "merge"):
-            raise ValueError(f"warm_start must be 'none' or 'merge', got {self.warm_start!r}")
-        if self.warm_start == "merge" and self.control != "budget":
-            raise ValueError("warm_start='merge' needs control='budget': the merge search answers budgets, not c")
+        if self.warm_start not in ("none", "merge", "measured"):
+            raise ValueError(f"warm_start must be 'none', 'merge' or 'measured', got {self.warm_start!r}")
+        if self.warm_start != "none" and self.control != "budget":
+            raise ValueError(f"warm_start={self.warm_start!r} needs control='budget': the merge search answers budgets, not c")
         if self.warm_start_steps < 0:
             raise ValueError(f"warm_start_steps must be >= 0, got {self.warm_start_steps}")
+        if self.path_samples < 0:
+            raise ValueError(f"path_samples must be >= 0, got {self.path_samples}")
+        if self.warm_start == "measured" and self.path_samples == 0:
+            raise ValueError("warm_start='measured' needs measured path losses: set path_samples > 0 (e.g. 1024)")
         if self.routing not in ("soft", "hard"):
             raise ValueError(f"routing must be 'soft' or 'hard', got {self.routing!r}")
         if self.control not in ("budget", "paper"):

@@ -24,6 +24,7 @@ from torch import Tensor
 from hyper import EdgeHypernet, budget_pressure
 
 from .budget import CostTable, merged_anchor
+from .path_losses import PathLosses
 
 __all__ = ["parent_targets", "merge_requests", "imitate_merge"]
 
@@ -54,16 +55,17 @@ def parent_targets(assignment: list[list[int]] | tuple[tuple[int, ...], ...], n_
 
 
 def merge_requests(table: CostTable, affinity: np.ndarray, n: int, alpha: float,
-                   rng: np.random.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """``n`` requests ``r ~ Dirichlet(alpha)``, ``b ~ U(min_budget, 1)`` and the merge search's trees for them:
-    ``(r [n, N], s [n] the budget pressures, targets [n, L, N])`` (see :func:`parent_targets`)."""
+                   rng: np.random.Generator, path_losses: PathLosses | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` requests ``r ~ Dirichlet(alpha)``, ``b ~ U(min_budget, 1)`` and the merge search's trees for them
+    (the harm measured with ``path_losses``): ``(r [n, N], s [n] the budget pressures, targets [n, L, N])``
+    (see :func:`parent_targets`)."""
     n_tasks, low = table.n_tasks, table.min_budget
     prefs, pressures, targets = [], [], []
     for _ in range(n):
         r = rng.dirichlet(np.full(n_tasks, alpha))
         budget = low + (1.0 - low) * float(rng.random())
         budget = max(budget, low * (1 + 1e-9))  # the cheapest tree must fit after rounding
-        tree = merged_anchor(table, budget, r, affinity)
+        tree = merged_anchor(table, budget, r, affinity, path_losses)
         prefs.append(r)
         pressures.append(budget_pressure(budget, low))
         targets.append(parent_targets(tree, n_tasks))
@@ -72,9 +74,11 @@ def merge_requests(table: CostTable, affinity: np.ndarray, n: int, alpha: float,
 
 
 def imitate_merge(edge: EdgeHypernet, table: CostTable, affinity: np.ndarray | None, *, steps: int, requests: int = 2048,
-                  held_out: int = 256, lr: float = 1e-2, alpha: float = 1.0, seed: int = 0) -> dict[str, Any]:
+                  held_out: int = 256, lr: float = 1e-2, alpha: float = 1.0, seed: int = 0,
+                  path_losses: PathLosses | None = None) -> dict[str, Any]:
     """Fit ``edge``'s parent logits to the merge search's trees for ``requests`` drawn requests: ``steps``
-    full-batch Adam steps of cross-entropy on the rows each tree uses.
+    full-batch Adam steps of cross-entropy on the rows each tree uses. With ``path_losses``, the trees of the
+    search with the measured harm (:mod:`dymu.path_losses`).
 
     Draws from its own generator seeded by ``seed``. Returns ``{"steps", "requests", "seconds", "match_before",
     "match_after", "row_match_after"}``: on ``held_out`` further requests, the fraction whose most likely tree is
@@ -88,8 +92,8 @@ def imitate_merge(edge: EdgeHypernet, table: CostTable, affinity: np.ndarray | N
     start = time.time()
     rng = np.random.default_rng(seed)
     device = next(edge.parameters()).device
-    prefs, pressures, targets = (t.to(device) for t in merge_requests(table, affinity, requests, alpha, rng))
-    test = [t.to(device) for t in merge_requests(table, affinity, held_out, alpha, rng)]
+    prefs, pressures, targets = (t.to(device) for t in merge_requests(table, affinity, requests, alpha, rng, path_losses))
+    test = [t.to(device) for t in merge_requests(table, affinity, held_out, alpha, rng, path_losses)]
     was = edge.training
     match_before = _match(edge, *test)[0]
     optimizer = torch.optim.Adam(edge.parameters(), lr=lr)
