@@ -154,3 +154,14 @@ def test_the_measured_search_needs_its_table_and_validation_examples_left_over()
     with pytest.raises(ValueError, match="were not measured"):
         ctrl.fit_edge(data, data[:1], config=dymu.EdgeConfig(steps=1, path_samples=8, warm_start="measured"),
                       val_samples=32, verbose=False)
+
+
+def test_merges_measured_harmless_take_the_tree_no_further_below_the_budget_than_needed():
+    table = CostTable(block_flops=(100, 100, 100), block_params=(1, 1, 1), head_flops=(1, 1, 1), head_params=(1, 1, 1),
+                      input_shape=(1, 8, 8))
+    alike = PathLosses(3, 3, np.ones((27, 3)))  # every path as good as every other: every merge is harmless
+    anchor = [[0, 1, 2]] * 3
+    for budget in (table.anchor_flops - 100, table.anchor_flops - 250, table.min_flops + 100):
+        tree = shrink_to_budget(anchor, budget, table, [0.5, 0.3, 0.2], np.ones((3, 3)), alike)
+        # nodes cost 100 each: the tree frees as few nodes as the budget needs
+        assert budget - 100 < table.tree_flops(tree) <= budget, (budget, tree)
