@@ -65,3 +65,13 @@ def make_controller(n_tasks: int = 3, seed: int = 0, width: float = 0.25, random
                 head.bias.copy_(0.05 * torch.randn(head.bias.shape, generator=g))
         ctrl.stages["edge"] = {"randomized": True}
     return ctrl
+
+
+def trained_streams(n_tasks: int = 3, n_batches: int = 2, steps: int = 3) -> tuple[dymu.Controller, list]:
+    """A tiny controller after stage 0 (``steps`` steps, selected on the first batch) and the affinity, and its
+    ``n_batches`` training batches of 32."""
+    ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(n_tasks), seed=0)
+    data = tiny_batches(n_tasks, n_batches=n_batches, batch=32, seed=1)
+    ctrl.fit_anchor(data, data[:1], config=dymu.AnchorConfig(steps=steps, eval_every=steps), verbose=False)
+    ctrl.fit_affinity(data, n_samples=64, calibration_samples=16)
+    return ctrl, data

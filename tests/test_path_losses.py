@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dymu
-from _tiny import tiny_batches, tiny_tasks
+from _tiny import tiny_batches, tiny_tasks, trained_streams
 from dymu.anchor import tree_losses
 from dymu.budget import CostTable, shrink_to_budget
 from dymu.path_losses import PathLosses, measure_path_losses, path_index
@@ -19,11 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
 
 def _streams(n_tasks: int = 3, steps: int = 3) -> tuple[dymu.Controller, list]:
-    ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(n_tasks), seed=0)
-    data = tiny_batches(n_tasks, n_batches=2, batch=32, seed=1)
-    ctrl.fit_anchor(data, data[:1], config=dymu.AnchorConfig(steps=steps, eval_every=steps), verbose=False)
-    ctrl.fit_affinity(data, n_samples=64, calibration_samples=16)
-    return ctrl, data
+    return trained_streams(n_tasks, steps=steps)
 
 
 def test_each_path_loss_is_the_loss_of_the_tree_that_runs_every_task_on_that_path():

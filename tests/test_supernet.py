@@ -7,17 +7,13 @@ import pytest
 import torch
 
 import dymu
-from _tiny import tiny_batches, tiny_tasks
+from _tiny import tiny_batches, tiny_tasks, trained_streams
 from dymu.anchor import tree_forward
 from dymu.supernet import FeatureAdaptors, SandwichTrees, distillation_loss, frozen_copy, train_supernet
 
 
 def _trained(n_tasks: int = 3, anchor_steps: int = 30) -> tuple[dymu.Controller, list]:
-    ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(n_tasks), seed=0)
-    data = tiny_batches(n_tasks, n_batches=4, batch=32, seed=1)
-    ctrl.fit_anchor(data, data[:1], config=dymu.AnchorConfig(steps=anchor_steps, eval_every=anchor_steps), verbose=False)
-    ctrl.fit_affinity(data, n_samples=64, calibration_samples=16)
-    return ctrl, data
+    return trained_streams(n_tasks, n_batches=4, steps=anchor_steps)
 
 
 def _states_equal(a: dict, b: dict) -> bool:

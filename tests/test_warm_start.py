@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dymu
-from _tiny import tiny_batches, tiny_tasks
+from _tiny import tiny_tasks, trained_streams
 from dymu.budget import shrink_to_budget
 from dymu.warm_start import imitate_merge
 
@@ -18,11 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
 
 def _streams(n_tasks: int = 3) -> tuple[dymu.Controller, list]:
-    ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(n_tasks), seed=0)
-    data = tiny_batches(n_tasks, n_batches=2, batch=32, seed=1)
-    ctrl.fit_anchor(data, data[:1], config=dymu.AnchorConfig(steps=3, eval_every=3), verbose=False)
-    ctrl.fit_affinity(data, n_samples=64, calibration_samples=16)
-    return ctrl, data
+    return trained_streams(n_tasks)
 
 
 def test_the_hypernet_learns_the_merge_search_trees_without_an_image():
