@@ -42,7 +42,7 @@ from .backbones.base import BlockBackbone
 from .budget import CostTable
 from .checks import check_batch
 from .derived import DerivedModel, derive_model, recalibrate_batchnorm
-from .distributed import mean_over_ranks
+from .distributed import gather, mean_over_ranks
 from .evaluation import EvaluationTable, evaluate_model
 from .export import fold_batchnorm
 from .path_losses import MAX_PATHS, PathLosses, measure_path_losses, path_count
@@ -450,6 +450,7 @@ class Controller:
         self.control = config.control
         self.edge.anchor_at_zero.fill_(config.control == "budget")
         self.bn_stats = config.bn_stats
+        self.search = "hypernet"  # stage 1 selects the hypernet itself; the search is chosen after it
         self._invalidate()
         batches = self._validation_batches(val, val_samples) if val is not None else None
         affinity = self._affinity_tensor()  # before the warm start: it needs the affinity too
@@ -490,13 +491,18 @@ class Controller:
         keeps the same search. Returns the scores and the choice; :attr:`search` holds it."""
         candidates = [s for s in SEARCHES if s != "measured" or self.path_losses is not None]
         scores = {s: v for s, v in (known or {}).items() if s in candidates}
-        measured = {}
-        for search in candidates:
-            if search not in scores:
-                self.search = search
-                self._invalidate()
-                measured[search] = self._validation_score(batches, adapted=False)
-        scores.update(mean_over_ranks(measured, self._device(None)))
+        new_scores = {}
+        self.anchor.train(self.bn_stats == "batch")  # as stage 1 scored its hypernet
+        try:
+            with frozen_batchnorm_statistics(self.anchor):
+                for search in candidates:
+                    if search not in scores:
+                        self.search = search
+                        self._invalidate()
+                        new_scores[search] = self._validation_score(batches, adapted=False)
+        finally:
+            self.anchor.eval()
+        scores.update(mean_over_ranks(new_scores, self._device(None)))
         self.search = min(candidates, key=lambda s: (scores[s], candidates.index(s)))
         self._invalidate()
         return {"scores": scores, "chosen": self.search}
@@ -511,11 +517,10 @@ class Controller:
             ValueError: more than :data:`dymu.path_losses.MAX_PATHS` paths; no example after the first
                 ``skip``; a bad batch (:func:`dymu.checks.check_batch`).
         """
-        device = self._device(device)
-        batches = _samples_after(data, skip, samples)
-        for index, (x, targets) in enumerate(batches):
-            check_batch(x, targets, self.tasks, stage="path losses", step=None, batch=index)
-        self.anchor.train(self.bn_stats == "batch")  # as the validation score runs the trees
+        return self._measure_path_batches(_samples_after(data, skip, samples, self.tasks), self._device(device))
+
+    def _measure_path_batches(self, batches: list, device: torch.device) -> PathLosses:
+        self.anchor.to(device).train(self.bn_stats == "batch")  # as the validation score runs the trees
         try:
             with frozen_batchnorm_statistics(self.anchor):
                 self.path_losses = measure_path_losses(self.anchor, self.tasks, batches, device)
@@ -538,8 +543,16 @@ class Controller:
             return {"skipped": f"{count} paths, more than {MAX_PATHS}"}
         start = time.time()
         try:
-            table = self.measure_paths(val, skip=val_samples, samples=config.path_samples, device=device)
+            batches, problem = _samples_after(val, val_samples, config.path_samples, self.tasks), None
         except NoExamplesLeft as error:
+            batches, problem = [], str(error)
+        problems = [p for p in gather(problem) if p is not None]  # every rank measures, or none does
+        if problems:
+            return {"skipped": problems[0]}
+        try:
+            table = self._measure_path_batches(batches, device)
+        except ValueError as error:  # a non-finite loss on some path, the same on every rank (sums are all-reduced)
+            self.path_losses = None
             return {"skipped": str(error)}
         seconds = time.time() - start
         if verbose and not quiet_from_env():
@@ -831,16 +844,17 @@ class NoExamplesLeft(ValueError):
     """The data holds no example after the ones skipped."""
 
 
-def _samples_after(data: Iterable, skip: int, n: int) -> list:
+def _samples_after(data: Iterable, skip: int, n: int, tasks: Sequence[Task]) -> list:
     """``n`` samples of ``data`` after the whole batches that hold its first ``skip`` (the ones
-    :func:`_first_samples` takes), the last batch cut to size."""
+    :func:`_first_samples` takes), each batch checked (:func:`dymu.checks.check_batch`), the last cut to size."""
     out, seen, taken = [], 0, 0
     for x, targets in data:
         if seen < skip:
             seen += x.shape[0]
             continue
+        check_batch(x, targets, tasks, stage="path losses", step=None, batch=len(out))
         keep = min(x.shape[0], n - taken)
-        out.append((x[:keep], {name: t[:keep] for name, t in targets.items()}))
+        out.append((x[:keep], {t.name: targets[t.name][:keep] for t in tasks}))
         taken += keep
         if taken >= n:
             break

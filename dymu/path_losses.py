@@ -9,7 +9,8 @@ it moved the digit task onto the parity stream's first block at preferences up t
 digit 11 points of accuracy and reading the parity stream all the way up cost 7.
 
 Measuring the table costs one pass per path over a few validation batches, with shared prefixes computed
-once (``N + N^2 + ... + N^L`` block evaluations per batch): 1,554 for six tasks on four blocks.
+once: ``N + N^2 + ... + N^L`` block evaluations and ``N^(L+1)`` head evaluations per batch (1,554 and 7,776
+for six tasks on four blocks; the heads dominate when they are large).
 
 >>> table = PathLosses(n_tasks=2, n_layers=2, losses=[[1., 2.], [1.5, 2.5], [3., 1.8], [3., 2.]])
 >>> table.loss(0, (0, 0)), table.loss(1, (1, 1)), table.loss(1, (1, 0))
@@ -20,7 +21,6 @@ once (``N + N^2 + ... + N^L`` block evaluations per batch): 1,554 for six tasks 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .anchor import AnchorNet
+from .distributed import rank_world
 from .tasks import Task
 
 __all__ = ["PathLosses", "MAX_PATHS", "path_count", "path_index", "measure_path_losses"]
@@ -55,7 +56,7 @@ def path_index(path: Sequence[int], n_tasks: int) -> int:
     return index
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PathLosses:
     """Per-task losses along every path: ``losses [N ** L, N]``, row :func:`path_index` ``(path)``, column ``k``
     task ``k``'s mean loss when its head reads the end of ``path``. ``samples``: the images measured on."""
@@ -97,25 +98,34 @@ class PathLosses:
 def measure_path_losses(anchor: AnchorNet, tasks: Sequence[Task], batches: Iterable[tuple[Tensor, dict[str, Tensor]]],
                         device: torch.device) -> PathLosses:
     """Every task's mean loss over ``batches`` along every path of ``anchor``'s streams, the anchor as it is
-    (the caller sets train or eval mode, as for :func:`dymu.anchor.tree_losses`).
+    (the caller sets train or eval mode, as for :func:`dymu.anchor.tree_losses`). Under ``torch.distributed``
+    the sums are added over ranks, so every rank gets the same table.
 
     Raises:
-        ValueError: when there are more than :data:`MAX_PATHS` paths, or no batch.
+        ValueError: more than :data:`MAX_PATHS` paths, no batch, or a non-finite loss (naming the path and task).
     """
     n, n_layers = anchor.n_tasks, anchor.n_layers
     count = path_count(n, n_layers)
     if count > MAX_PATHS:
         raise ValueError(f"{n} tasks on {n_layers} blocks give {count} paths, more than the {MAX_PATHS} measured at most")
-    totals = torch.zeros(count, n, dtype=torch.float64)
-    seen = 0
+    totals = torch.zeros(count, n, dtype=torch.float64, device=device)
+    seen = torch.zeros((), dtype=torch.float64, device=device)
     for x, targets in batches:
         x = x.to(device)
-        targets = {name: t.to(device) for name, t in targets.items()}
+        targets = {t.name: targets[t.name].to(device) for t in tasks}
         _descend(anchor, tasks, x, targets, layer=0, prefix=0, features=[], totals=totals)
         seen += x.shape[0]
-    if seen == 0:
+    if rank_world()[1] > 1:
+        torch.distributed.all_reduce(totals)
+        torch.distributed.all_reduce(seen)
+    if float(seen) == 0:
         raise ValueError("no batch to measure the path losses on")
-    return PathLosses(n, n_layers, (totals / seen).numpy(), samples=seen)
+    finite = torch.isfinite(totals)
+    if not bool(finite.all()):
+        index, k = (int(v) for v in (~finite).nonzero()[0])
+        path = [(index // n ** (n_layers - 1 - layer)) % n for layer in range(n_layers)]
+        raise ValueError(f"task {tasks[k].name!r} has a non-finite loss along path {path}: check the data and the streams")
+    return PathLosses(n, n_layers, (totals / seen).cpu().numpy(), samples=int(seen))
 
 
 def _descend(anchor: AnchorNet, tasks: Sequence[Task], x: Tensor, targets: dict[str, Tensor], layer: int, prefix: int,
@@ -133,7 +143,4 @@ def _descend(anchor: AnchorNet, tasks: Sequence[Task], x: Tensor, targets: dict[
         skips = [path_features[s] for s in anchor.skip_layers]
         for k, task in enumerate(tasks):
             prediction = anchor.heads[task.name](out, *skips)
-            loss = task.loss(prediction, targets[task.name]).double()
-            if not math.isfinite(float(loss)):
-                raise ValueError(f"task {task.name!r} has a non-finite loss on path {index}: check the data and the streams")
-            totals[index, k] += loss.cpu() * x.shape[0]
+            totals[index, k] += task.loss(prediction, targets[task.name]).double() * x.shape[0]

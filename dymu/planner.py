@@ -133,6 +133,9 @@ class Planner:
             raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
         if search == "measured" and path_losses is None:
             raise ValueError("the 'measured' search needs measured path losses (Controller.measure_paths(val))")
+        if path_losses is not None and (path_losses.n_tasks, path_losses.n_layers) != (cost_table.n_tasks, cost_table.n_layers):
+            raise ValueError(f"the path losses are for {path_losses.n_tasks} tasks on {path_losses.n_layers} blocks, the cost "
+                             f"table for {cost_table.n_tasks} on {cost_table.n_layers}: they must come from one controller")
         self.edge, self.table, self.mode, self.search = edge, cost_table, mode, search
         self.path_losses = path_losses
         self.task_names = list(task_names)

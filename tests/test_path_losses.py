@@ -30,7 +30,6 @@ def test_each_path_loss_is_the_loss_of_the_tree_that_runs_every_task_on_that_pat
         single_stream_tree = [[node] * 3 for node in path]
         expected = tree_losses(ctrl.anchor, ctrl.tasks, single_stream_tree, data, torch.device("cpu"))
         torch.testing.assert_close(torch.as_tensor(table.losses[path_index(path, 3)], dtype=torch.float32), expected)
-    assert [table.own(k) for k in range(3)] == [table.loss(k, (k,) * 4) for k in range(3)]
 
 
 def test_a_table_of_the_wrong_shape_or_with_a_nan_is_refused_and_a_good_one_round_trips():
@@ -161,3 +160,27 @@ def test_merges_measured_harmless_take_the_tree_no_further_below_the_budget_than
         tree = shrink_to_budget(anchor, budget, table, [0.5, 0.3, 0.2], np.ones((3, 3)), alike)
         # nodes cost 100 each: the tree frees as few nodes as the budget needs
         assert budget - 100 < table.tree_flops(tree) <= budget, (budget, tree)
+
+
+def test_a_second_stage1_starts_from_the_hypernet_whatever_search_the_first_chose():
+    ctrl, data = _streams()
+    val = tiny_batches(3, n_batches=2, batch=16, seed=2)
+    ctrl.fit_edge(data, val, config=dymu.EdgeConfig(steps=1, path_samples=16), val_samples=16, verbose=False)
+    ctrl.search = "measured"  # as if the validation had chosen it
+    ctrl.fit_edge(data, val, config=dymu.EdgeConfig(steps=2, eval_every=1), val_samples=16, verbose=False)
+    history = ctrl.stages["edge"]["selection"]["history"]
+    assert ctrl.path_losses is None and ctrl.search in ("hypernet", "merge")
+    assert set(ctrl.stages["edge"]["search"]["scores"]) == {"hypernet", "merge"}
+    assert len(history) >= 2
+
+
+def test_bad_validation_images_for_the_path_losses_raise_naming_the_problem():
+    ctrl, data = _streams()
+    x, targets = data[1]
+    bad = x.clone()
+    bad[3, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="path losses.*NaN|NaN.*path losses"):
+        ctrl.measure_paths([data[0], (bad, targets)], skip=32)
+    assert ctrl.path_losses is None
+    with pytest.raises(ValueError, match="'t2'"):
+        ctrl.measure_paths([(x, {"t0": targets["t0"], "t1": targets["t1"]})])
