@@ -231,11 +231,10 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         method.fit_after_stage0(ctrl, train, val_batches, device=torch.device("cpu"))
         scored = _val_hv(method, tasks, val_batches, preferences, space, example)
         kept = (ctrl.stages.get("supernet") or {}).get("kept_stage0")
+        stage1 = ctrl.stages.get("edge") or {}
         results["candidates"].append({"candidate": cand, **scored, "supernet_config": asdict(supernet),
-                                      "edge_config": asdict(edge),
-                                      "warm_start": (ctrl.stages.get("edge") or {}).get("warm_start"),
-                                      "search": (ctrl.stages.get("edge") or {}).get("search"),
-                                      "paths": (ctrl.stages.get("edge") or {}).get("paths"), "supernet_kept_stage0": kept,
+                                      "edge_config": asdict(edge), "warm_start": stage1.get("warm_start"),
+                                      "search": stage1.get("search"), "paths": stage1.get("paths"), "supernet_kept_stage0": kept,
                                       "seconds": time.time() - began})
         say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f}; "
             f"controllability halfway {_number(scored['controllability_mid'])}, cost in band {scored['cost_band']} "

@@ -19,7 +19,8 @@ from .adaptation import BatchNorm, BatchNormLayout, adapt_head_input, adapted_pa
 from .backbones.base import BlockBackbone
 from .tasks import Task
 
-__all__ = ["AnchorNet", "batchnorm_layers", "frozen_batchnorm_statistics", "run_tree", "tree_forward", "tree_losses"]
+__all__ = ["AnchorNet", "batchnorm_layers", "frozen_batchnorm_statistics", "scoring_mode", "run_tree", "tree_forward",
+           "tree_losses"]
 
 
 @contextlib.contextmanager
@@ -41,6 +42,18 @@ def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
                 m.momentum = momentum
                 if tracked is not None:
                     m.num_batches_tracked.copy_(tracked)
+
+
+@contextlib.contextmanager
+def scoring_mode(anchor: nn.Module, batch_statistics: bool) -> Iterator[None]:
+    """Run ``anchor`` as the hypernet stages run its trees: BatchNorm on batch statistics without moving the
+    running ones when ``batch_statistics`` (``bn_stats="batch"``), else eval mode; eval mode after."""
+    anchor.train(batch_statistics)
+    try:
+        with frozen_batchnorm_statistics(anchor):
+            yield
+    finally:
+        anchor.eval()
 
 
 class AnchorNet(nn.Module):

@@ -141,6 +141,8 @@ def shrink_to_budget(
     aff = np.asarray(affinity, dtype=float)
     cost = table.tree_flops(rows)
     while cost > max_flops:
+        if path_losses is not None:  # each task's rise on its current path, before any candidate merge
+            rise_now = [path_losses.relative_increase(k, [row[k] for row in rows]) for k in range(n_tasks)]
         best: tuple[float, list[list[int]], int] | None = None
         for layer in range(n_layers):
             nodes = sorted(set(rows[layer]))
@@ -162,9 +164,7 @@ def shrink_to_budget(
                             similarity = float(aff[k, keep].mean())
                             harm += weight * (1.05 - similarity) * changed / n_layers
                         else:
-                            rise = (path_losses.relative_increase(k, [row[k] for row in new])
-                                    - path_losses.relative_increase(k, [row[k] for row in rows]))
-                            harm += weight * rise
+                            harm += weight * (path_losses.relative_increase(k, [row[k] for row in new]) - rise_now[k])
                     new_cost = table.tree_flops(new)
                     saved = cost - new_cost
                     if saved <= 0:

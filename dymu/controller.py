@@ -37,7 +37,7 @@ from affinity.rsa import AffinityResult, rsa_affinity
 from hyper import EdgeHypernet, WeightHypernet, tree_code
 
 from .adaptation import Adaptation, BatchNorm
-from .anchor import AnchorNet, frozen_batchnorm_statistics, tree_losses
+from .anchor import AnchorNet, scoring_mode, tree_losses
 from .backbones.base import BlockBackbone
 from .budget import CostTable
 from .checks import check_batch
@@ -45,7 +45,7 @@ from .derived import DerivedModel, derive_model, recalibrate_batchnorm
 from .distributed import gather, mean_over_ranks
 from .evaluation import EvaluationTable, evaluate_model
 from .export import fold_batchnorm
-from .path_losses import MAX_PATHS, PathLosses, measure_path_losses, path_count
+from .path_losses import PathLosses, measure_path_losses
 from .planner import SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
 from .progress import quiet_from_env
@@ -492,16 +492,12 @@ class Controller:
         candidates = [s for s in SEARCHES if s != "measured" or self.path_losses is not None]
         scores = {s: v for s, v in (known or {}).items() if s in candidates}
         new_scores = {}
-        self.anchor.train(self.bn_stats == "batch")  # as stage 1 scored its hypernet
-        try:
-            with frozen_batchnorm_statistics(self.anchor):
-                for search in candidates:
-                    if search not in scores:
-                        self.search = search
-                        self._invalidate()
-                        new_scores[search] = self._validation_score(batches, adapted=False)
-        finally:
-            self.anchor.eval()
+        with scoring_mode(self.anchor, self.bn_stats == "batch"):  # as stage 1 scored its hypernet
+            for search in candidates:
+                if search not in scores:
+                    self.search = search
+                    self._invalidate()
+                    new_scores[search] = self._validation_score(batches, adapted=False)
         scores.update(mean_over_ranks(new_scores, self._device(None)))
         self.search = min(candidates, key=lambda s: (scores[s], candidates.index(s)))
         self._invalidate()
@@ -520,12 +516,8 @@ class Controller:
         return self._measure_path_batches(_samples_after(data, skip, samples, self.tasks), self._device(device))
 
     def _measure_path_batches(self, batches: list, device: torch.device) -> PathLosses:
-        self.anchor.to(device).train(self.bn_stats == "batch")  # as the validation score runs the trees
-        try:
-            with frozen_batchnorm_statistics(self.anchor):
-                self.path_losses = measure_path_losses(self.anchor, self.tasks, batches, device)
-        finally:
-            self.anchor.eval()
+        with scoring_mode(self.anchor.to(device), self.bn_stats == "batch"):  # as the validation score runs the trees
+            self.path_losses = measure_path_losses(self.anchor, self.tasks, batches, device)
         self._invalidate()
         return self.path_losses
 
@@ -538,9 +530,6 @@ class Controller:
             return {"skipped": "path_samples=0"}
         if val is None or config.control != "budget":
             return {"skipped": "needs validation data and control='budget'"}
-        count = path_count(self.n_tasks, self.n_layers)
-        if count > MAX_PATHS:
-            return {"skipped": f"{count} paths, more than {MAX_PATHS}"}
         start = time.time()
         try:
             batches, problem = _samples_after(val, val_samples, config.path_samples, self.tasks), None
@@ -551,10 +540,9 @@ class Controller:
             return {"skipped": problems[0]}
         try:
             table = self._measure_path_batches(batches, device)
-        except ValueError as error:  # a non-finite loss on some path, the same on every rank (sums are all-reduced)
-            self.path_losses = None
+        except ValueError as error:  # too many paths, or a non-finite loss: the same on every rank (sums are all-reduced)
             return {"skipped": str(error)}
-        seconds = time.time() - start
+        seconds, count = time.time() - start, len(table.losses)
         if verbose and not quiet_from_env():
             sys.stderr.write(f"[edge] measured every task's loss along {count} paths on {table.samples} validation images "
                              f"after the scored ones ({seconds:.0f} s)\n")

@@ -36,7 +36,7 @@ from hyper import (
 )
 
 from .adaptation import Adaptation
-from .anchor import AnchorNet, frozen_batchnorm_statistics, tree_forward
+from .anchor import AnchorNet, scoring_mode, tree_forward
 from .budget import CostTable
 from .distributed import broadcast_state, collect_if_distributed, maybe_ddp, rank_world
 from .loop import Batch, KeepBest, Part, Step, StepInfo, TrainLoop, checked_batch, cycle, to_device
@@ -233,8 +233,7 @@ class _HypernetStage:
         validate = self._validate(select)
         if score_start and validate is not None:
             # the starting state (a warm start) is a candidate: training that never beats it on validation changes nothing
-            self.anchor.train(config.bn_stats == "batch")
-            with frozen_batchnorm_statistics(self.anchor):
+            with scoring_mode(self.anchor, config.bn_stats == "batch"):
                 start = validate(0)
             keep.offer(start, 0)
             if verbose and not quiet_from_env():
@@ -247,12 +246,10 @@ class _HypernetStage:
             log_every=max(1, config.steps // 50), seed=self.seed, config=config, checkpointing=checkpointing,
             verbose=verbose,
         )
-        self.anchor.train(config.bn_stats == "batch")
-        with frozen_batchnorm_statistics(self.anchor):
+        with scoring_mode(self.anchor, config.bn_stats == "batch"):
             result = loop.run(train, step)
         self.model = None  # drop the DDP wrapper before the next stage
         collect_if_distributed()
-        self.anchor.eval()
         self.hypernet.eval()
         selection = {"best_step": keep.steps["score"], "best_score": keep.scores["score"], "history": result.history}
         return {"log": result.log, "seconds": result.seconds, "selection": selection, "resumed_at": result.resumed_at}
