@@ -134,6 +134,7 @@ class ControllerMethod(Method):
             # ablations share the trained anchor (stage 0 is identical); its time is counted here too
             source = self.anchor_from.controller
             ctrl.anchor.load_state_dict(source.anchor.state_dict())
+            ctrl.solo = source.solo  # frozen after the supernet stage: shared, as the teacher is
             ctrl.loss_scales = source.loss_scales.clone()
             ctrl.calibration = source.calibration
             ctrl.affinity = source.affinity
@@ -188,7 +189,7 @@ class ControllerMethod(Method):
 
     def stored_modules(self):
         ctrl = self.controller
-        mods = [ctrl.anchor, ctrl.edge]
+        mods = [ctrl.anchor, ctrl.edge] + ([ctrl.solo] if ctrl.solo is not None else [])
         if self.use_weight_hypernet:
             mods.append(ctrl.weight)
         return mods

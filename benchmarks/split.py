@@ -69,10 +69,22 @@ from .protocol.targets import MIN_CONTROLLABILITY, MIN_TASK_CONTROLLABILITY
 
 __all__ = ["parse_candidate", "score_candidates", "controls", "choose", "main"]
 
+def flag(value: str) -> bool:
+    """``"true"`` / ``"false"`` (any case) -> bool; anything else is refused.
+
+    >>> flag("True"), flag("false")
+    (True, False)
+    """
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return lowered == "true"
+
+
 #: the keys a candidate may set: the three step counts, then :class:`dymu.SupernetConfig` fields
 STEP_KEYS = ("supernet", "edge", "weights")
 SUPERNET_KEYS = {"lr": float, "distill_weight": float, "distill": str, "bn": str, "budget_trees": int,
-                 "anchor_weight": float}
+                 "anchor_weight": float, "solo": flag}
 #: :class:`dymu.EdgeConfig` fields a candidate may set
 EDGE_KEYS = {"warm_start": str, "warm_start_steps": int, "path_samples": int}
 #: the mean Spearman controllability a candidate must reach at the halfway budget, and every task's (the control
@@ -101,7 +113,8 @@ def parse_candidate(text: str) -> dict[str, Any]:
             try:
                 out[key] = kind(value)
             except ValueError:
-                raise ValueError(f"candidate {text!r}: {key} must be a {kind.__name__}, got {value!r}") from None
+                expected = "true or false" if kind is flag else f"a {kind.__name__}"
+                raise ValueError(f"candidate {text!r}: {key} must be {expected}, got {value!r}") from None
         else:
             raise ValueError(f"candidate {text!r}: unknown key {key!r}; the keys are {[*STEP_KEYS, *SUPERNET_KEYS, *EDGE_KEYS]}")
     missing = [k for k in STEP_KEYS if k not in out]

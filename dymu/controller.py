@@ -19,6 +19,7 @@ elsewhere (:mod:`dymu.loop`, :mod:`dymu.training`, :mod:`dymu.planner`, :mod:`dy
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
@@ -50,6 +51,7 @@ from .planner import SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
 from .progress import quiet_from_env
 from .resume import checkpointing
+from .solo import solo_adaptation, with_solo
 from .stage_configs import SupernetConfig
 from .supernet import frozen_copy, train_supernet
 from .tasks import Task, check_tasks
@@ -144,6 +146,7 @@ class Controller:
         self.adapt_scope = "shared"
         self.search = "hypernet"
         self.path_losses: PathLosses | None = None
+        self.solo: AnchorNet | None = None
         self.stages: dict[str, Any] = {}
         self._cache: OrderedDict[tuple, tuple[BuildPlan, Adaptation | None]] = OrderedDict()
 
@@ -235,6 +238,7 @@ class Controller:
         device = self._device(device)
         result = train_anchor(self.anchor, self.tasks, train, val, config, device, verbose,
                               checkpointing=checkpointing(checkpoint, checkpoint_every, resume))
+        self.solo = None  # solo streams continue the stage-0 streams they were copied from
         self.set_loss_scales(val if val is not None else train, device=device)
         self.stages["anchor"] = {"config": asdict(config), "seconds": result["seconds"], "best_val": result["best"]}
         self._invalidate()
@@ -338,9 +342,15 @@ class Controller:
         return float(np.mean(scores))
 
     def _tree_losses(self, assignment, adaptation: Adaptation | None, batches: list, device: torch.device) -> Tensor:
-        return tree_losses(self.anchor, self.tasks, assignment, batches, device,
-                           adaptation.node if adaptation is not None else None,
-                           adaptation.head if adaptation is not None else None)
+        """Each task's loss ``[N]`` for one tree as :meth:`build_model` runs it (solo streams included)."""
+        anchor = with_solo(self.anchor, self.solo, assignment)
+        nodes, heads = solo_adaptation(assignment, anchor is not self.anchor,
+                                       adaptation.node if adaptation is not None else None,
+                                       adaptation.head if adaptation is not None else None)
+        # solo streams run in the mode the anchor is scored in (see dymu.anchor.scoring_mode)
+        mode = scoring_mode(self.solo, self.anchor.training) if anchor is not self.anchor else contextlib.nullcontext()
+        with mode:
+            return tree_losses(anchor, self.tasks, assignment, batches, device, nodes, heads)
 
     # --------------------------------------------------------------------------- supernet
     def fit_supernet(
@@ -378,14 +388,18 @@ class Controller:
         if "edge" in self.stages:
             raise ValueError("the supernet stage comes before the edge hypernet: fit_supernet, then fit_edge")
         self.anchor.to(device)
+        self.solo = None  # the supernet's scores measure the supernet alone; the solo streams join after
         teacher = frozen_copy(self.anchor)
+        solo = copy.deepcopy(teacher) if config.solo else None
         batches = self._validation_batches(val, val_samples) if val is not None else None
         before = self._supernet_trees(batches, device) if batches is not None else None
         result = train_supernet(
             self.anchor, teacher, self.tasks, train, self.loss_scales, self.cost_table, self._affinity_matrix(), config, device, verbose,
             select=None if batches is None else (lambda: self._supernet_score(batches)),
+            solo=solo, val_batches=batches,
             checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
         )
+        self.solo = solo
         self._record("supernet", config, result)
         if batches is not None:
             after = self._supernet_trees(batches, device)
@@ -665,7 +679,7 @@ class Controller:
         plan, adaptation = self._plan_and_adaptation(preferences, budget, c, adapted=use_weight_hypernet)
         info = plan.as_dict()
         info["weight_hypernet"] = use_weight_hypernet
-        model = derive_model(self.anchor, plan.tree, adaptation, info=info)
+        model = derive_model(self.anchor, plan.tree, adaptation, info=info, solo=self.solo)
         if self.bn_stats == "batch":
             if self.calibration is None:
                 raise ValueError("this controller re-estimates BatchNorm statistics but holds no calibration inputs")
@@ -737,6 +751,7 @@ class Controller:
             "adapt_scope": self.adapt_scope,
             "search": self.search,
             "path_losses": self.path_losses.to_dict() if self.path_losses is not None else None,
+            "solo": self.solo.state_dict() if self.solo is not None else None,
             "stages": self.stages,
         }
 
@@ -768,6 +783,10 @@ class Controller:
             ctrl.anchor.load_state_dict(state["anchor"])
             ctrl.edge.load_state_dict(state["edge"])
             ctrl.weight.load_state_dict(state["weight"])
+            if state.get("solo") is not None:
+                ctrl.solo = copy.deepcopy(ctrl.anchor)
+                ctrl.solo.load_state_dict(state["solo"])
+                ctrl.solo.eval().requires_grad_(False)
         except RuntimeError as error:
             raise ValueError(f"the weights do not fit this backbone and these tasks: {error}") from error
         ctrl.affinity = AffinityResult.from_dict(state["affinity"]) if state.get("affinity") else None
@@ -803,6 +822,8 @@ class Controller:
 
     def to(self, device: str | torch.device) -> Controller:
         self.anchor.to(device)
+        if self.solo is not None:
+            self.solo.to(device)
         self.edge.to(device)
         self.weight.to(device)
         self._invalidate()

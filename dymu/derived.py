@@ -17,6 +17,7 @@ from affinity.tree import Tree
 from .adaptation import Adaptation, AdaptedHead, write_adaptations
 from .anchor import AnchorNet, run_tree
 from .metrics.cost import count_flops, count_params
+from .solo import solo_adaptation, solo_tasks, with_solo
 
 __all__ = ["DerivedModel", "copy_module", "derive_model", "recalibrate_batchnorm"]
 
@@ -205,6 +206,7 @@ def derive_model(
     tree: Tree,
     adaptation: Adaptation | None = None,
     info: Mapping[str, Any] | None = None,
+    solo: AnchorNet | None = None,
 ) -> DerivedModel:
     """Copy the tree's nodes and heads out of the anchor and write the weight hypernet's adaptations
     into them (:mod:`dymu.adaptation`: the same function training applies functionally).
@@ -215,14 +217,21 @@ def derive_model(
         adaptation: the weight hypernet's output for this request and tree, or None for the anchor's
             own weights.
         info: how the model was built, kept as ``model.info``.
+        solo: the controller's solo streams (:mod:`dymu.solo`), or None: a task alone on its own stream
+            runs its solo stream and head, unadapted; ``info["solo_tasks"]`` names those tasks.
     """
+    chosen = solo_tasks(tree.assignment) if solo is not None else ()
+    anchor = with_solo(anchor, solo, tree.assignment)
+    node_deltas, head_adaptation = solo_adaptation(tree.assignment, solo is not None,
+                                                   adaptation.node if adaptation is not None else None,
+                                                   adaptation.head if adaptation is not None else None)
     # each node and head copied on its own (as training sees them: a node's adaptation changes that
     # node only, even where a user's backbone shares a module between blocks)
     nodes: dict[str, nn.Module] = {}
     for layer in range(tree.n_layers):
         for node in tree.nodes(layer):
             block = copy_module(anchor.block(layer, node))
-            deltas = adaptation.node(layer, node) if adaptation is not None else None
+            deltas = node_deltas(layer, node) if node_deltas is not None else None
             if deltas is not None:
                 write_adaptations(block, anchor.layout, layer, deltas)
             block.requires_grad_(True)
@@ -230,9 +239,10 @@ def derive_model(
     heads: dict[str, nn.Module] = {}
     for k, name in enumerate(anchor.task_names):
         head = copy_module(anchor.heads[name])
-        packed = adaptation.head(k) if adaptation is not None else None
+        packed = head_adaptation(k) if head_adaptation is not None else None
         heads[name] = (head if packed is None else AdaptedHead(head, packed)).requires_grad_(True)
     backbone = anchor.backbone
+    info = {**(info or {}), "solo_tasks": [anchor.task_names[k] for k in chosen]}
     model = DerivedModel(
         tree, nodes, heads, anchor.skip_layers, (backbone.in_channels, *backbone.input_size), info
     )

@@ -156,6 +156,10 @@ class SupernetConfig(_Presets):
             tree (see :mod:`dymu.supernet`).
         eval_every: with validation data, score the supernet every this many steps (and at the end;
             None: four times); the best state, the frozen streams (step 0) included, is kept.
+        solo: also continue a copy of the stage-0 streams on their own tasks, on this stage's batches, and
+            run it wherever a tree leaves a task alone on its own stream (:mod:`dymu.solo`). [choice] off
+            by default: it stores a second copy of the streams; the benchmarks' presets set it where
+            validation chose it.
         seed: seeds tree draws (None: the controller's seed).
     """
 
@@ -171,11 +175,14 @@ class SupernetConfig(_Presets):
     dirichlet_alpha: float = 1.0
     bn: str = "batch"
     eval_every: int | None = None
+    solo: bool = False
     seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0 (0 skips the stage), got {self.steps}")
+        if not isinstance(self.solo, bool):
+            raise ValueError(f"solo must be True or False, got {self.solo!r}")
         if self.bn not in ("batch", "anchor"):
             raise ValueError(f"bn must be 'batch' or 'anchor', got {self.bn!r}")
         if self.budget_trees < 0:

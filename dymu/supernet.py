@@ -43,10 +43,11 @@ from .anchor import AnchorNet, frozen_batchnorm_statistics, run_tree
 from .budget import CostTable, merged_anchor
 from .distributed import rank_world
 from .progress import quiet_from_env
-from .loop import Batch, KeepBest, StepInfo, TrainLoop
+from .loop import Batch, KeepBest, Part, StepInfo, TrainLoop
 from .resume import Checkpointing
-from .stage_configs import SupernetConfig, adam
+from .stage_configs import AnchorConfig, SupernetConfig, adam
 from .tasks import Task
+from .training import _Precision, evaluate_streams, stream_parts, streams_step
 
 __all__ = ["SupernetConfig", "FeatureAdaptors", "distillation_loss", "SandwichTrees", "tree_features", "train_supernet",
            "frozen_copy"]
@@ -182,6 +183,8 @@ def train_supernet(
     verbose: bool = True,
     *,
     select: Callable[[], float] | None = None,
+    solo: AnchorNet | None = None,
+    val_batches: Sequence[Batch] | None = None,
     checkpointing: Checkpointing | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``anchor`` (streams and heads) on the sandwich of trees, distilling toward ``teacher``.
@@ -191,12 +194,22 @@ def train_supernet(
     validation before the first step and every ``eval_every`` steps; the best state is kept, the frozen
     streams included, so a supernet that does not help on validation changes nothing.
 
+    ``solo`` (with ``config.solo``): a copy of the stage-0 streams that continues stage 0 on every batch
+    of this stage (:mod:`dymu.solo`; stage 0's optimiser settings, :class:`~dymu.stage_configs.AnchorConfig`'s
+    defaults, cosine over this stage's steps); with ``select`` each of its streams keeps its best
+    validation state by its task's primary metric on ``val_batches`` (required then), the stage-0 state included.
+
     Returns ``{"log", "seconds", "selection": {"best_step", "best_score", "initial_score", "history"},
-    "resumed_at"}``; ``best_step`` 0 means the stage-0 streams were kept (``initial_score``: theirs).
+    "resumed_at"}``; ``best_step`` 0 means the stage-0 streams were kept (``initial_score``: theirs); with
+    ``solo``, ``selection["solo_steps"]``: the step each solo stream was kept at.
     """
     if rank_world()[1] > 1:
         raise ValueError("the supernet stage runs in one process: under torchrun, train it in one process, "
                          "Controller.save the result and dymu.load it on every rank before fit_edge")
+    if config.solo != (solo is not None):
+        raise ValueError("config.solo and the solo streams go together: pass solo= exactly when config.solo is set")
+    if solo is not None and select is not None and not val_batches:
+        raise ValueError("solo streams selected on validation need val_batches")
     names = [t.name for t in tasks]
     seed = 0 if config.seed is None else int(config.seed)
     rng = np.random.default_rng(seed)
@@ -212,6 +225,12 @@ def train_supernet(
     optimizer = adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
     scales = loss_scales.to(device)
+    solo_trainer = None
+    if solo is not None:
+        solo.to(device).train().requires_grad_(True)
+        solo_config = AnchorConfig(steps=config.steps)
+        solo_optimizer = solo_config.make_optimizer(solo.parameters())
+        solo_trainer = (solo_optimizer, solo_config.make_scheduler(solo_optimizer), _Precision(device, False))
     tree_weights = [config.anchor_weight] + [1.0] * (1 + config.budget_trees)  # the order of SandwichTrees.draw
     # a divisor, not a product, so that equal weights reproduce the plain mean bit for bit
     divisor = [sum(tree_weights) / w for w in tree_weights]
@@ -240,24 +259,36 @@ def train_supernet(
             task_total += float(task_loss.detach()) / divisor[index]
         optimizer.step()
         scheduler.step()
-        return {"task_loss": task_total, "distill": distil_total}
+        scalars = {"task_loss": task_total, "distill": distil_total}
+        if solo_trainer is not None:
+            solo_losses = streams_step(solo, tasks, *solo_trainer, info, x, targets)
+            scalars["solo_loss"] = sum(solo_losses.values())
+        return scalars
 
-    keep = KeepBest.lowest(anchor, label="supernet score")
+    parts = {"score": Part((anchor,), ("score",), False, "supernet score")}
+    if solo is not None and select is not None:
+        parts.update({f"solo {name}": part for name, part in stream_parts(solo, tasks, "solo").items()})
+    keep = KeepBest(parts)
     validate = None
     initial: float | None = None
     if select is not None:
-        def validate(step: int) -> dict[str, float]:
+        def validate(step: int) -> dict[str, Any]:
             anchor.eval()
-            score = select()
+            scores: dict[str, Any] = {"score": select()}
             anchor.train()
-            return {"score": score}
+            if solo is not None:
+                scores["solo"] = evaluate_streams(solo, tasks, val_batches, device)
+            return scores
 
         # step 0 is a candidate: the frozen streams stay when fine-tuning never beats them on validation
-        initial = validate(0)["score"]
-        keep.offer({"score": initial}, 0)
+        first = validate(0)
+        initial = first["score"]
+        keep.offer(first, 0)
         if verbose and not quiet_from_env():
             sys.stderr.write(f"[supernet] val supernet score {initial:.4f} before training (the stage-0 streams)\n")
     state = {"supernet": anchor, "adaptors": adaptors, "optimizer": optimizer, "scheduler": scheduler}
+    if solo_trainer is not None:
+        state.update({"solo": solo, "solo_optimizer": solo_trainer[0], "solo_scheduler": solo_trainer[1]})
     loop = TrainLoop(
         "supernet", config.steps, device, tasks, state=state, generators={"trees": rng}, frozen={"teacher": teacher},
         validate=validate, keep=keep, eval_every=config.eval_every or max(1, -(-config.steps // 4)),
@@ -267,6 +298,9 @@ def train_supernet(
     anchor.eval().requires_grad_(False)
     selection = {"best_step": keep.steps["score"], "best_score": keep.scores["score"], "initial_score": initial,
                  "history": result.history}
+    if solo is not None:
+        solo.eval().requires_grad_(False)
+        selection["solo_steps"] = {name: keep.steps.get(f"solo {name}") for name in names}
     return {"log": result.log, "seconds": result.seconds, "selection": selection, "resumed_at": result.resumed_at}
 
 

@@ -127,6 +127,30 @@ def evaluate_streams(anchor: AnchorNet, tasks: Sequence[Task], data: Iterable[Ba
     return {name: state.compute() for name, state in states.items()}
 
 
+def streams_step(model: torch.nn.Module, tasks: Sequence[Task], optimizer: torch.optim.Optimizer, scheduler: Any,
+                 precision: _Precision, info: StepInfo, x: Tensor, targets: Mapping[str, Tensor]) -> dict[str, float]:
+    """One stage-0 step: every stream of ``model`` (``x [B, C, H, W] -> {task: prediction}``) on its own task's
+    loss, the losses summed (no parameter is shared, so each stream trains on its own); ``{"loss_<task>": ...}``."""
+    with precision.autocast():
+        outputs = model(x)
+        losses = [t.loss(outputs[t.name], targets[t.name]).float() for t in tasks]
+    for task, loss in zip(tasks, losses):
+        info.check_loss(loss, task.name)
+    optimizer.zero_grad(set_to_none=True)
+    precision.backward(torch.stack(losses).sum())
+    precision.step(optimizer)
+    if scheduler is not None:
+        scheduler.step()
+    return {f"loss_{t.name}": float(l.detach()) for t, l in zip(tasks, losses)}
+
+
+def stream_parts(anchor: AnchorNet, tasks: Sequence[Task], key: str) -> dict[str, Part]:
+    """Keep-best parts of the streams: stream ``i`` and its head scored by ``scores[key][task][primary]``
+    (:func:`evaluate_streams`'s record under ``key``)."""
+    return {t.name: Part((anchor.streams[i], anchor.heads[t.name]), (key, t.name, t.primary), t.higher_is_better)
+            for i, t in enumerate(tasks)}
+
+
 def train_anchor(
     anchor: AnchorNet,
     tasks: Sequence[Task],
@@ -147,7 +171,6 @@ def train_anchor(
     Returns ``{"history": [...], "best": {task: metrics}, "seconds": s, "resumed_at": step}`` (the step a
     checkpoint was resumed from, 0 for a fresh start; stages 1 and 2 return it too).
     """
-    names = [t.name for t in tasks]
     # later stages freeze the anchor; stage 0 (again) trains it
     anchor.to(device).train().requires_grad_(True)
     model = maybe_ddp(anchor, device)
@@ -156,22 +179,9 @@ def train_anchor(
     precision = _Precision(device, config.amp)
 
     def step(info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> dict[str, float]:
-        with precision.autocast():
-            outputs = model(x)
-            losses = [t.loss(outputs[t.name], targets[t.name]).float() for t in tasks]
-        for name, loss in zip(names, losses):
-            info.check_loss(loss, name)
-        optimizer.zero_grad(set_to_none=True)
-        precision.backward(torch.stack(losses).sum())
-        precision.step(optimizer)
-        if scheduler is not None:
-            scheduler.step()
-        return {f"loss_{n}": float(l.detach()) for n, l in zip(names, losses)}
+        return streams_step(model, tasks, optimizer, scheduler, precision, info, x, targets)
 
-    keep = KeepBest({
-        t.name: Part((anchor.streams[i], anchor.heads[t.name]), ("val", t.name, t.primary), t.higher_is_better)
-        for i, t in enumerate(tasks)
-    })
+    keep = KeepBest(stream_parts(anchor, tasks, "val"))
     loop = TrainLoop(
         "anchor", config.steps, device, tasks,
         state=_training_state("anchor", anchor, optimizer, scheduler, precision),
