@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .metrics.cost import block_cost_table, count_flops, count_params
+from .solo import solo_tasks
 
 if TYPE_CHECKING:
     from .path_losses import PathLosses
@@ -126,7 +127,9 @@ def shrink_to_budget(
     (rise_k(new path) - rise_k(old path))``, with ``rise_k(p) = L_k(p) / L_k(own stream) - 1``; a merge that
     helps counts as harmless, and a merge is credited only with the FLOPs the budget still needs (measured,
     many merges are nearly harmless after the supernet stage, and the plain ratio took the tree far below the
-    budget: 0.38 of the anchor's at budget 0.5 on fashion_digits).
+    budget: 0.38 of the anchor's at budget 0.5 on fashion_digits). With solo streams in the table
+    (:mod:`dymu.solo`), a task alone on its own stream is priced at its solo stream's loss, and a merge that
+    ends a kept task's solitude adds that task's rise from its solo loss to the supernet's own-stream loss.
 
     Raises:
         ValueError: when ``max_flops`` is below the single-stream tree's FLOPs.
@@ -142,7 +145,8 @@ def shrink_to_budget(
     cost = table.tree_flops(rows)
     while cost > max_flops:
         if path_losses is not None:  # each task's rise on its current path, before any candidate merge
-            rise_now = [path_losses.relative_increase(k, [row[k] for row in rows]) for k in range(n_tasks)]
+            alone = set(solo_tasks(rows))
+            rise_now = [path_losses.rise(k, [row[k] for row in rows], k in alone) for k in range(n_tasks)]
         best: tuple[float, list[list[int]], int] | None = None
         for layer in range(n_layers):
             nodes = sorted(set(rows[layer]))
@@ -165,6 +169,10 @@ def shrink_to_budget(
                             harm += weight * (1.05 - similarity) * changed / n_layers
                         else:
                             harm += weight * (path_losses.relative_increase(k, [row[k] for row in new]) - rise_now[k])
+                    if path_losses is not None:
+                        for k in keep:  # a kept task that was alone now shares its stream with the moved ones
+                            if k in alone:
+                                harm += (r[k] + 0.1 / n_tasks) * (path_losses.rise(k, [row[k] for row in rows], alone=False) - rise_now[k])
                     new_cost = table.tree_flops(new)
                     saved = cost - new_cost
                     if saved <= 0:

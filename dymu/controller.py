@@ -341,8 +341,13 @@ class Controller:
                 scores.append(float((torch.as_tensor(r, dtype=torch.float32, device=device) * scales * cache[key]).sum()))
         return float(np.mean(scores))
 
-    def _tree_losses(self, assignment, adaptation: Adaptation | None, batches: list, device: torch.device) -> Tensor:
-        """Each task's loss ``[N]`` for one tree as :meth:`build_model` runs it (solo streams included)."""
+    def _tree_losses(self, assignment, adaptation: Adaptation | None, batches: list, device: torch.device,
+                     batch_statistics: bool | None = None) -> Tensor:
+        """Each task's loss ``[N]`` for one tree as :meth:`build_model` runs it (solo streams included), in the
+        mode the anchor is in (``batch_statistics``: in that scoring mode, :func:`dymu.anchor.scoring_mode`)."""
+        if batch_statistics is not None:
+            with scoring_mode(self.anchor, batch_statistics):
+                return self._tree_losses(assignment, adaptation, batches, device)
         anchor = with_solo(self.anchor, self.solo, assignment)
         nodes, heads = solo_adaptation(assignment, anchor is not self.anchor,
                                        adaptation.node if adaptation is not None else None,
@@ -531,7 +536,12 @@ class Controller:
 
     def _measure_path_batches(self, batches: list, device: torch.device) -> PathLosses:
         with scoring_mode(self.anchor.to(device), self.bn_stats == "batch"):  # as the validation score runs the trees
-            self.path_losses = measure_path_losses(self.anchor, self.tasks, batches, device)
+            table = measure_path_losses(self.anchor, self.tasks, batches, device)
+        if self.solo is not None:  # each task's loss alone on its solo stream, on the same images
+            anchor_tree = [list(range(self.n_tasks))] * self.n_layers
+            solo = self._tree_losses(anchor_tree, None, batches, device, batch_statistics=self.bn_stats == "batch")
+            table = replace(table, solo=np.asarray(mean_over_ranks(solo.tolist(), device)))  # one table on every rank
+        self.path_losses = table
         self._invalidate()
         return self.path_losses
 

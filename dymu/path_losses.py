@@ -17,6 +17,13 @@ for six tasks on four blocks; the heads dominate when they are large).
 (1.0, 2.0, 1.8)
 >>> round(table.relative_increase(0, (1, 0)), 6)     # task 0 reading stream 1's first block: 3.0 / 1.0 - 1
 2.0
+
+With solo streams (:mod:`dymu.solo`) the table also holds each task's loss on its solo stream, which a task
+runs while it is alone on its own stream:
+
+>>> table = PathLosses(2, 2, [[1., 2.], [1.5, 2.5], [3., 1.8], [3., 2.]], solo=[0.8, 2.0])
+>>> round(table.rise(0, (0, 0), alone=True), 6), table.rise(0, (0, 0), alone=False)
+(-0.2, 0.0)
 """
 
 from __future__ import annotations
@@ -65,9 +72,14 @@ class PathLosses:
     n_layers: int
     losses: np.ndarray
     samples: int = 0
+    solo: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "losses", np.asarray(self.losses, dtype=float))
+        if self.solo is not None:
+            object.__setattr__(self, "solo", np.asarray(self.solo, dtype=float))
+            if np.shape(self.solo) != (self.n_tasks,) or not np.isfinite(self.solo).all():
+                raise ValueError(f"solo losses must be {self.n_tasks} finite numbers, one per task, got {self.solo}")
         shape = (path_count(self.n_tasks, self.n_layers), self.n_tasks)
         if np.shape(self.losses) != shape:
             raise ValueError(f"path losses must have shape {shape} (N ** L paths x N tasks), got {np.shape(self.losses)}")
@@ -85,13 +97,23 @@ class PathLosses:
         """``loss(task, path) / own(task) - 1``: how much worse the task does on ``path`` than on its own stream."""
         return self.loss(task, path) / max(self.own(task), 1e-12) - 1.0
 
+    def rise(self, task: int, path: Sequence[int], alone: bool) -> float:
+        """:meth:`relative_increase`, except that a task ``alone`` on its own stream runs its solo stream when the
+        table has solo losses: then ``solo(task) / own(task) - 1``."""
+        if alone and self.solo is not None:
+            return float(self.solo[task]) / max(self.own(task), 1e-12) - 1.0
+        return self.relative_increase(task, path)
+
     def to_dict(self) -> dict[str, Any]:
         return {"n_tasks": self.n_tasks, "n_layers": self.n_layers, "samples": self.samples,
-                "losses": np.asarray(self.losses, dtype=float).tolist()}
+                "losses": np.asarray(self.losses, dtype=float).tolist(),
+                "solo": None if self.solo is None else np.asarray(self.solo, dtype=float).tolist()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PathLosses:
-        return cls(int(data["n_tasks"]), int(data["n_layers"]), np.asarray(data["losses"], dtype=float), int(data.get("samples", 0)))
+        solo = data.get("solo")
+        return cls(int(data["n_tasks"]), int(data["n_layers"]), np.asarray(data["losses"], dtype=float), int(data.get("samples", 0)),
+                   None if solo is None else np.asarray(solo, dtype=float))
 
 
 @torch.no_grad()

@@ -1,0 +1,168 @@
+"""Solo streams: a task alone on its own stream runs a single-task stream continued on the supernet's batches."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import dymu
+from _tiny import tiny_tasks, trained_streams
+from dymu.anchor import tree_forward
+from dymu.solo import solo_tasks, with_solo
+from dymu.supernet import frozen_copy, train_supernet
+from dymu.training import evaluate_streams, train_anchor
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
+
+STEPS = 6
+
+
+def _after_supernet(solo: bool = True, steps: int = STEPS, val: bool = True) -> tuple[dymu.Controller, list, dymu.anchor.AnchorNet]:
+    """A tiny controller after stage 0, the affinity and a supernet stage; its data; its stage-0 streams."""
+    ctrl, data = trained_streams(3, n_batches=3, steps=4)
+    stage0 = frozen_copy(ctrl.anchor)
+    config = dymu.SupernetConfig(steps=steps, eval_every=max(1, steps // 2), solo=solo, lr=1e-2)
+    ctrl.fit_supernet(data, data[:1] if val else None, config=config, verbose=False)
+    return ctrl, data, stage0
+
+
+def _equal_states(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_solo_streams_are_stage0_continued_on_the_supernets_batches():
+    # without validation nothing is selected: the solo streams are exactly stage 0 trained on for the stage's steps
+    ctrl, data, stage0 = _after_supernet(val=False)
+    continued = copy.deepcopy(stage0).requires_grad_(True)
+    train_anchor(continued, ctrl.tasks, data, None, dymu.AnchorConfig(steps=STEPS, seed=ctrl.seed), torch.device("cpu"),
+                 verbose=False)
+    assert _equal_states(ctrl.solo, continued)
+    assert not _equal_states(ctrl.solo, stage0)
+    assert not _equal_states(ctrl.solo, ctrl.anchor)  # the supernet trains its own copy
+
+
+def test_the_full_budget_model_is_the_solo_streams_and_a_shared_tree_the_supernet():
+    ctrl, data, _ = _after_supernet()
+    ctrl.fit_edge(data, steps=2, verbose=False)
+    x = data[0][0]
+    full = ctrl.build_model([1, 1, 1], 1.0)
+    assert full.info["solo_tasks"] == ctrl.task_names
+    with torch.no_grad():
+        out, want = full(x), ctrl.solo.forward_single(x)
+    assert all(torch.equal(out[k], want[k]) for k in want)
+
+    cheapest = ctrl.build_model([1, 1, 1], ctrl.min_budget * (1 + 1e-9))
+    assert cheapest.info["solo_tasks"] == []
+    with torch.no_grad():
+        out, want = cheapest(x), tree_forward(ctrl.anchor, cheapest.tree.assignment, x)
+    assert all(torch.equal(out[k], want[k]) for k in want)
+    assert cheapest.flops() <= ctrl.min_budget * (1 + 1e-9) * ctrl.cost_table.anchor_flops
+
+
+def test_in_a_mixed_tree_only_the_task_alone_on_its_stream_runs_solo():
+    ctrl, data, _ = _after_supernet()
+    tree = dymu.Tree(ctrl.task_names, [[0, 0, 2]] * ctrl.n_layers)  # t0 and t1 share stream 0, t2 alone
+    assert solo_tasks(tree.assignment) == (2,)
+    model = dymu.derived.derive_model(ctrl.anchor, tree, solo=ctrl.solo)
+    assert model.info["solo_tasks"] == ["t2"]
+    x = data[0][0]
+    with torch.no_grad():
+        out = model(x)
+        solo_out = ctrl.solo.forward_single(x)
+        shared = tree_forward(ctrl.anchor, tree.assignment, x)
+    assert torch.equal(out["t2"], solo_out["t2"])
+    assert torch.equal(out["t0"], shared["t0"]) and torch.equal(out["t1"], shared["t1"])
+    # the view swaps modules for one tree and leaves the anchor as it was
+    view = with_solo(ctrl.anchor, ctrl.solo, tree.assignment)
+    assert view.streams[2] is ctrl.solo.streams[2] and view.streams[0] is ctrl.anchor.streams[0]
+    assert ctrl.anchor.streams[2] is not ctrl.solo.streams[2]
+
+
+def test_the_shared_node_is_computed_once_in_a_tree_with_a_solo_task():
+    ctrl, data, _ = _after_supernet()
+    tree = dymu.Tree(ctrl.task_names, [[0, 0, 2]] * ctrl.n_layers)
+    model = dymu.derived.derive_model(ctrl.anchor, tree, solo=ctrl.solo)
+    calls: dict[str, int] = {}
+    hooks = [module.register_forward_hook(lambda m, i, o, key=key: calls.__setitem__(key, calls.get(key, 0) + 1))
+             for key, module in model.nodes.items()]
+    with torch.no_grad():
+        model(data[0][0])
+    for hook in hooks:
+        hook.remove()
+    assert calls == {key: 1 for key in model.nodes}
+
+
+def test_validation_scores_trees_as_they_are_built():
+    ctrl, data, _ = _after_supernet()
+    ctrl.fit_edge(data, steps=2, verbose=False)
+    tree = dymu.Tree(ctrl.task_names, [[0, 0, 2]] * ctrl.n_layers)
+    model = ctrl.build_model([1, 1, 1], 1.0)
+    scored = ctrl._tree_losses(tree.assignment, None, data[:1], torch.device("cpu"))
+    built = dymu.derived.derive_model(ctrl.anchor, tree, solo=ctrl.solo)
+    x, targets = data[0]
+    with torch.no_grad():
+        out = built(x)
+    want = torch.stack([t.loss(out[t.name], targets[t.name]) for t in ctrl.tasks])
+    assert torch.allclose(scored, want)
+    assert model.info["solo_tasks"] == ctrl.task_names
+
+
+def test_solo_tasks_get_no_weight_hypernet_adaptation_even_when_every_node_is_adapted():
+    ctrl, data, _ = _after_supernet()
+    ctrl.fit_edge(data, steps=2, verbose=False)
+    ctrl.adapt_scope = "all"
+    with torch.no_grad():  # deltas that would show
+        for head in ctrl.weight.heads:
+            head.bias.fill_(0.5)
+    model = ctrl.build_model([1, 1, 1], 1.0)
+    x = data[0][0]
+    with torch.no_grad():
+        out, want = model(x), ctrl.solo.forward_single(x)
+    assert all(torch.equal(out[k], want[k]) for k in want)
+
+
+def test_each_solo_stream_keeps_its_best_validation_state():
+    ctrl, data, stage0 = _after_supernet(steps=4)
+    selection = ctrl.stages["supernet"]["selection"]
+    assert set(selection["solo_steps"]) == set(ctrl.task_names)
+    scores = {0: evaluate_streams(stage0, ctrl.tasks, data[:1], torch.device("cpu"))}
+    scores.update({h["step"]: h["solo"] for h in selection["history"]})
+    assert sorted(scores) == [0, 2, 4]
+    final = evaluate_streams(ctrl.solo, ctrl.tasks, data[:1], torch.device("cpu"))
+    for task in ctrl.tasks:
+        by_step = [(step, s[task.name][task.primary]) for step, s in sorted(scores.items())]
+        best = max(v for _, v in by_step)  # accuracy: higher is better; the first step to reach it is kept
+        assert selection["solo_steps"][task.name] == next(step for step, v in by_step if v == best)
+        assert final[task.name][task.primary] == pytest.approx(best)
+
+
+def test_save_load_keeps_the_solo_streams_and_stage0_again_drops_them(tmp_path):
+    ctrl, data, _ = _after_supernet()
+    ctrl.fit_edge(data, steps=2, verbose=False)
+    path = ctrl.save(tmp_path / "ctrl.pt")
+    loaded = dymu.load(path, tasks=tiny_tasks(3), backbone=dymu.backbones.lenet(width_mult=0.25))
+    assert _equal_states(loaded.solo, ctrl.solo)
+    x = data[0][0]
+    with torch.no_grad():
+        a, b = ctrl.build_model([1, 2, 3], 1.0)(x), loaded.build_model([1, 2, 3], 1.0)(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain, _ = trained_streams(3, n_batches=3, steps=4)
+    assert plain.solo is None and plain.build_model([1, 1, 1], 1.0).info["solo_tasks"] == []
+    ctrl.fit_anchor(data, data[:1], config=dymu.AnchorConfig(steps=1), verbose=False)
+    assert ctrl.solo is None
+
+
+def test_solo_needs_its_config_and_validation_images():
+    ctrl, data = trained_streams(3, n_batches=2, steps=2)
+    with pytest.raises(ValueError, match="solo must be True or False"):
+        dymu.SupernetConfig(solo="yes")
+    teacher = frozen_copy(ctrl.anchor)
+    args = (ctrl.anchor, teacher, ctrl.tasks, data, ctrl.loss_scales, ctrl.cost_table, None)
+    with pytest.raises(ValueError, match="config.solo and the solo streams go together"):
+        train_supernet(*args, dymu.SupernetConfig(steps=1), torch.device("cpu"), False, solo=copy.deepcopy(teacher))
+    with pytest.raises(ValueError, match="need val_batches"):
+        train_supernet(*args, dymu.SupernetConfig(steps=1, solo=True), torch.device("cpu"), False,
+                       select=lambda: 0.0, solo=copy.deepcopy(teacher))
