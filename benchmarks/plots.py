@@ -385,7 +385,9 @@ def plot_equal_cost(results: Mapping[str, Any], path: str | Path) -> Path | None
 
 def plot_supernet(results: Mapping[str, Any], path: str | Path) -> Path | None:
     """Bars per task: test loss of the anchor tree and of the cheapest tree, built from the stage-0 streams
-    (before) and from the supernet (after), first seed. Returns None without a supernet stage."""
+    (before) and as the controller serves them after the supernet stage (after; with solo streams,
+    :mod:`dymu.solo`, the anchor tree is the solo streams, and a lighter bar shows the supernet's own anchor
+    tree), first seed. Returns None without a supernet stage."""
     seeds = (results.get("methods", {}).get("dymu") or {}).get("per_seed") or []
     effect = next((e.get("supernet_effect") for e in seeds if e.get("supernet_effect")), None)
     if not effect:
@@ -394,11 +396,14 @@ def plot_supernet(results: Mapping[str, Any], path: str | Path) -> Path | None:
     fig = _figure(max(6.0, 1.1 * len(names) + 2), 4.2)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
-    bars = [("anchor", "before", "#9ecae1", "anchor tree, stage-0 streams"), ("anchor", "after", "#08519c", "anchor tree, supernet"),
+    solo = "after_supernet_alone" in effect["anchor"]
+    bars = [("anchor", "before", "#9ecae1", "anchor tree, stage-0 streams"),
+            *([("anchor", "after_supernet_alone", "#4292c6", "anchor tree, supernet")] if solo else []),
+            ("anchor", "after", "#08519c", "anchor tree, solo streams" if solo else "anchor tree, supernet"),
             ("one_stream", "before", "#fdae6b", "cheapest tree, stage-0 streams"), ("one_stream", "after", "#a63603", "cheapest tree, supernet")]
-    width = 0.2
+    width = 0.8 / len(bars)
     for k, (tree, when, colour, label) in enumerate(bars):
-        ax.bar(x + (k - 1.5) * width, effect[tree][when], width, color=colour, label=label)
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, effect[tree][when], width, color=colour, label=label)
     ax.set_xticks(x)
     ax.set_xticklabels(names, fontsize=8)
     ax.set_ylabel("test loss (lower is better)")

@@ -17,6 +17,7 @@ import torch
 
 import dymu
 from dymu.anchor import tree_losses
+from dymu.solo import with_solo
 
 from .config import RunConfig
 from .protocol import EVAL_CS, cost_preferences, format_number
@@ -74,8 +75,10 @@ def controller_views(ctrl: dymu.Controller, config: RunConfig) -> dict[str, Any]
 def supernet_effect(ctrl: dymu.Controller, teacher: torch.nn.Module, test, device: torch.device) -> dict[str, Any] | None:
     """Per-task test loss of the anchor tree and of the cheapest tree (the uniform preference's at the
     minimum budget), built from the stage-0 streams (``teacher``: before the supernet stage) and from the
-    controller's anchor (after it): ``{tree: {"assignment", "before": [N], "after": [N]}}``. None when the
-    controller has no supernet stage. No adaptation: this is what the stage changed."""
+    controller's anchor (after it, as :meth:`dymu.Controller.build_model` runs the tree: solo streams where a task is
+    alone on its own, :mod:`dymu.solo`): ``{tree: {"assignment", "before": [N], "after": [N]}}``, with
+    ``"after_supernet_alone"`` when the controller has solo streams. None when the controller has no supernet
+    stage. No adaptation: this is what the stage changed."""
     record = ctrl.stages.get("supernet") or {}
     trees = record.get("trees")
     if not trees:
@@ -84,7 +87,11 @@ def supernet_effect(ctrl: dymu.Controller, teacher: torch.nn.Module, test, devic
     for name, tree in trees.items():
         assignment = tuple(tuple(row) for row in tree["assignment"])
         losses = {}
-        for when, anchor in (("before", teacher), ("after", ctrl.anchor)):
+        # "after" as build_model serves the tree: a task alone on its own stream runs its solo stream (dymu.solo)
+        runs = [("before", teacher), ("after", with_solo(ctrl.anchor, ctrl.solo, assignment))]
+        if ctrl.solo is not None:
+            runs.append(("after_supernet_alone", ctrl.anchor))
+        for when, anchor in runs:
             anchor.eval()
             losses[when] = tree_losses(anchor, ctrl.tasks, assignment, test, device).tolist()
         out[name] = {"assignment": tree["assignment"], **losses}

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
+import numpy as np
 import pytest
 import torch
 
 import dymu
 from _tiny import tiny_tasks, trained_streams
 from dymu.anchor import tree_forward
+from dymu.budget import CostTable, shrink_to_budget
+from dymu.path_losses import PathLosses, path_index
 from dymu.solo import solo_tasks, with_solo
 from dymu.supernet import frozen_copy, train_supernet
 from dymu.training import evaluate_streams, train_anchor
@@ -166,3 +170,58 @@ def test_solo_needs_its_config_and_validation_images():
     with pytest.raises(ValueError, match="need val_batches"):
         train_supernet(*args, dymu.SupernetConfig(steps=1, solo=True), torch.device("cpu"), False,
                        select=lambda: 0.0, solo=copy.deepcopy(teacher))
+
+
+def _table_where_merges_with_task0_are_free(solo: list[float] | None) -> PathLosses:
+    """Three tasks on two layers: any path costs task 0 nothing and tasks 1 and 2 nothing on streams 0 and their own,
+    but 1% where they read each other; ``solo``: each task's loss on its solo stream."""
+    losses = np.ones((3**2, 3))
+    for path in itertools.product(range(3), repeat=2):
+        for k in (1, 2):
+            losses[path_index(path, 3), k] = 1.01 if (3 - k) in path else 1.0
+    return PathLosses(3, 2, losses, solo=solo)
+
+
+def test_the_measured_search_keeps_a_preferred_task_alone_when_its_solo_stream_is_better():
+    table = CostTable(block_flops=(100, 100), block_params=(1, 1), head_flops=(1, 1, 1), head_params=(1, 1, 1),
+                      input_shape=(1, 8, 8))
+    anchor, affinity, r = [[0, 1, 2]] * 2, np.ones((3, 3)), [0.6, 0.2, 0.2]
+    budget = table.tree_flops([[0, 1, 1]] * 2)  # one stream must go
+    without = shrink_to_budget(anchor, budget, table, r, affinity, _table_where_merges_with_task0_are_free(None))
+    with_solo_losses = shrink_to_budget(anchor, budget, table, r, affinity,
+                                        _table_where_merges_with_task0_are_free([0.5, 1.0, 1.0]))
+    # measured on the supernet alone, merging with task 0 is free: the search takes task 0's solitude
+    assert 0 not in solo_tasks(without)
+    # with its solo stream at half the loss, task 0 stays alone and tasks 1 and 2 share (1 % each)
+    assert solo_tasks(with_solo_losses) == (0,)
+    assert table.tree_flops(with_solo_losses) <= budget
+
+
+def test_solo_losses_are_measured_with_the_paths_and_saved(tmp_path):
+    ctrl, data, _ = _after_supernet()
+    table = ctrl.measure_paths(data, samples=64)
+    want = ctrl._tree_losses([[0, 1, 2]] * ctrl.n_layers, None, data[:2], torch.device("cpu"))
+    torch.testing.assert_close(torch.as_tensor(table.solo, dtype=torch.float32), want)
+    again = PathLosses.from_dict(table.to_dict())
+    assert np.array_equal(again.solo, table.solo)
+    with pytest.raises(ValueError, match="solo losses must be 3 finite numbers"):
+        PathLosses(3, 2, np.ones((9, 3)), solo=[1.0, float("nan"), 1.0])
+
+
+def test_the_supernet_plot_and_table_show_the_served_anchor_tree_and_the_supernets_own(tmp_path):
+    from benchmarks.plots import plot_supernet
+    from benchmarks.protocol.report import _supernet_table
+    from benchmarks.views import supernet_effect
+
+    ctrl, data, stage0 = _after_supernet()
+    effect = supernet_effect(ctrl, stage0, data, torch.device("cpu"))
+    served = ctrl.solo.forward_single
+    solo_losses = [float(np.mean([t.loss(served(x)[t.name], y[t.name]) for x, y in data])) for t in ctrl.tasks]
+    assert effect["anchor"]["after"] == pytest.approx(solo_losses, rel=1e-5)
+    own = [tree_forward(ctrl.anchor, effect["anchor"]["assignment"], x) for x, _ in data]
+    supernet_losses = [float(np.mean([t.loss(o[t.name], y[t.name]) for o, (_, y) in zip(own, data)])) for t in ctrl.tasks]
+    assert effect["anchor"]["after_supernet_alone"] == pytest.approx(supernet_losses, rel=1e-5)
+    results = {"tasks": ctrl.task_names, "benchmark": "tiny", "mode": "quick", "seeds": [0],
+               "methods": {"dymu": {"per_seed": [{"seed": 0, "supernet_effect": effect}]}}}
+    assert plot_supernet(results, tmp_path / "supernet.png").stat().st_size > 10_000
+    assert any(line.startswith("| anchor tree, supernet alone") for line in _supernet_table(results))

@@ -207,6 +207,9 @@ def _supernet_table(results: dict[str, Any]) -> list[str]:
     for tree, label in (("anchor", "anchor tree"), ("one_stream", "cheapest tree")):
         cells = [f"{a:.4f} -> {b:.4f}" for a, b in zip(effect[tree]["before"], effect[tree]["after"])]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "after_supernet_alone" in effect["anchor"]:  # the served anchor tree above is the solo streams (dymu.solo)
+        cells = [f"{a:.4f} -> {b:.4f}" for a, b in zip(effect["anchor"]["before"], effect["anchor"]["after_supernet_alone"])]
+        lines.append("| anchor tree, supernet alone (not served: solo streams run it) | " + " | ".join(cells) + " |")
     return lines
 
 
