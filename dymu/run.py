@@ -141,7 +141,8 @@ def train_from_config(config: RunConfig | str | Path, *, verbose: bool = True, r
         train, val, config=AnchorConfig(steps=steps["anchor"], eval_every=eval_every, seed=config.seed), **saving))
     timed("affinity", lambda: ctrl.fit_affinity(train, device=device))
     if steps["supernet"] > 0:  # the paper preset has no supernet stage
-        timed("supernet", lambda: ctrl.fit_supernet(train, val, config=SupernetConfig(steps=steps["supernet"], seed=config.seed),
+        timed("supernet", lambda: ctrl.fit_supernet(train, val, config=SupernetConfig(steps=steps["supernet"], seed=config.seed,
+                                                                                         solo=config.solo),
                                                     **saving))
     timed("edge", lambda: ctrl.fit_edge(train, val, config=EdgeConfig(steps=steps["edge"], seed=config.seed), **saving))
     timed("weights", lambda: ctrl.fit_weights(

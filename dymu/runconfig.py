@@ -23,6 +23,9 @@ A config names the task set, the data and the backbone either as a registered na
     [anchor]                           # optional, like [supernet], [edge] and [weights]
     steps = 60                         # or: epochs = 2
 
+    [supernet]                         # optional
+    solo = true                        # keep single-task streams for tasks left alone (dymu.solo)
+
     [evaluate]                         # optional: the table results.json holds (on the val split)
     preferences = [[1, 1, 1], [1, 0, 0]]
     budgets = [1.0, 0.5]
@@ -78,6 +81,7 @@ _TABLE_KEYS = {
     "backbone": {"name", "options"},
     "evaluate": {"preferences", "budgets", "max_batches"},
     **{stage: {"steps", "epochs"} for stage in STAGES},
+    "supernet": {"steps", "epochs", "solo"},
 }
 
 
@@ -113,6 +117,7 @@ class RunConfig:
     preferences: list[list[float]] | None = None
     budgets: list[float] | None = None
     max_batches: int = 20
+    solo: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -204,6 +209,7 @@ def parse_config(raw: Mapping[str, Any], path: str | Path = "<config>") -> RunCo
             key, value = (f"{stage}.steps", steps) if steps is not None else (f"{stage}.epochs", epochs)
             raise ConfigError(f"{_where(path, key)} must be positive, got {value!r}")
         stages[stage] = StageSteps(steps, None if epochs is None else float(epochs))
+    solo = _typed(raw.get("supernet", {}), "supernet.solo", bool, path, "true or false", False)
     seed = _typed(raw, "seed", int, path, "an integer", 0)
     device = _typed(raw, "device", str, path, 'a torch device ("cpu", "cuda:0")', "cpu")
     out = Path(_typed(raw, "out", str, path, "a folder path", f"runs/{path.stem}"))
@@ -224,7 +230,7 @@ def parse_config(raw: Mapping[str, Any], path: str | Path = "<config>") -> RunCo
         backbone_options=backbone_options, stages=stages, preset=preset, checkpoint_every=checkpoint_every,
         seed=seed, device=device, out=out,
         preferences=preferences, budgets=None if budgets is None else [float(b) for b in budgets],
-        max_batches=max_batches, raw=dict(raw),
+        max_batches=max_batches, solo=solo, raw=dict(raw),
     )
 
 

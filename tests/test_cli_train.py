@@ -217,12 +217,19 @@ def _config(**changes) -> dict:
         (_config(edge={"steps": 0}), "key 'edge.steps' must be positive, got 0"),
         (_config(preset="fast"), "key 'preset' must be one of ['cpu', 'paper'], got 'fast'"),
         (_config(evaluate={"budgets": [1.5]}), "key 'evaluate.budgets' must be a list of numbers in (0, 1]"),
+        (_config(supernet={"solo": "yes"}), "key 'supernet.solo' must be true or false, got 'yes'"),
+        (_config(edge={"solo": True}), "unknown key(s) ['edge.solo']"),
     ],
 )
 def test_config_errors_name_the_key(raw, message):
     with pytest.raises(ConfigError) as info:
         parse_config(raw, "cfg.toml")
     assert message in str(info.value) and "cfg.toml" in str(info.value)
+
+
+def test_the_supernet_table_switches_solo_streams_on():
+    assert parse_config(_config(supernet={"solo": True, "steps": 5}), "cfg.toml").solo is True
+    assert parse_config(_config(), "cfg.toml").solo is False
 
 
 def test_bad_module_attribute_names_key_and_value(tmp_path, monkeypatch, capsys):
