@@ -380,7 +380,9 @@ class Controller:
         over the first ``val_samples`` validation images) and the best state is kept, the stage-0
         streams included: the stage switches itself off when it does not help on validation. The
         per-task validation losses of the anchor tree and of the cheapest tree before and after are in
-        ``stages["supernet"]["trees"]``. Checkpoints as in :meth:`fit_anchor`. ``steps=0`` skips the stage
+        ``stages["supernet"]["trees"]``. With ``config.solo`` the stage also continues the stage-0 streams on its
+        batches (:mod:`dymu.solo`); each task keeps that solo stream only where it beats the supernet's on
+        validation (``stages["supernet"]["solo"]``, :attr:`solo`). Checkpoints as in :meth:`fit_anchor`. ``steps=0`` skips the stage
         (nothing is recorded). One process only: under ``torchrun``, train it on one rank, ``save`` the
         controller and ``dymu.load`` it on every rank.
         """
@@ -404,8 +406,9 @@ class Controller:
             solo=solo, val_batches=batches,
             checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
         )
-        self.solo = solo
         self._record("supernet", config, result)
+        if solo is not None:
+            self.stages["supernet"]["solo"] = self._keep_better_streams(solo, batches, device)
         if batches is not None:
             after = self._supernet_trees(batches, device)
             self.stages["supernet"]["trees"] = {
@@ -414,6 +417,32 @@ class Controller:
             }
         self.stages["supernet"]["kept_stage0"] = result["selection"]["best_step"] == 0
         return result
+
+    def _keep_better_streams(self, solo: AnchorNet, batches: list | None, device: torch.device) -> dict[str, Any]:
+        """Make :attr:`solo` the better full-budget stream per task: [choice] a task whose supernet stream (and head)
+        scores a lower validation loss on its own than its solo stream gets the supernet's copied into the solo net
+        (the sandwich's joint training can beat single-task training, as on multifashion); when that is every task,
+        there are no solo streams at all (nothing more is stored). Without validation every solo stream is kept.
+        Returns ``{task: {"solo_val_loss", "supernet_val_loss", "solo"}}``."""
+        anchor_tree = [list(range(self.n_tasks))] * self.n_layers
+        if batches is None:
+            self.solo = solo
+            return {name: {"solo_val_loss": None, "supernet_val_loss": None, "solo": True} for name in self.task_names}
+        scoring = self.bn_stats == "batch"
+        supernet = self._tree_losses(anchor_tree, None, batches, device, batch_statistics=scoring).tolist()
+        self.solo = solo
+        alone = self._tree_losses(anchor_tree, None, batches, device, batch_statistics=scoring).tolist()
+        record = {}
+        for k, name in enumerate(self.task_names):
+            keep = alone[k] < supernet[k]
+            if not keep:
+                solo.streams[k].load_state_dict(self.anchor.streams[k].state_dict())
+                solo.heads[name].load_state_dict(self.anchor.heads[name].state_dict())
+            record[name] = {"solo_val_loss": alone[k], "supernet_val_loss": supernet[k], "solo": keep}
+        if not any(r["solo"] for r in record.values()):
+            self.solo = None
+        self._invalidate()
+        return record
 
     def supernet_requests(self) -> list[tuple[np.ndarray, float]]:
         """The ``(preference, budget)`` requests the supernet stage is selected on: the preferences of

@@ -5,7 +5,9 @@ task that a tree may put on it, so the anchor tree, every task on its own stream
 single-task network would be: on fashion_digits the full-budget model lost 9 % ΔMTL to the single-task
 streams of the same run. With ``SupernetConfig(solo=True)`` the stage also continues a copy of the
 stage-0 streams on their own tasks, on the very batches the supernet trains on (no extra training
-image), each stream keeping its best validation state. A derived tree then takes, for every task whose
+image), each stream keeping its best validation state, and each task keeps its solo stream only where it
+scores a lower validation loss than the supernet's own stream (:meth:`dymu.Controller.fit_supernet`; the
+supernet's joint training can win, as on multifashion). A derived tree then takes, for every task whose
 whole path is its own stream and that no other task shares, that task's solo stream and head; every
 other node comes from the supernet. The anchor tree is then the single-task streams, and in a tree
 under a binding budget the tasks kept alone run single-task features.

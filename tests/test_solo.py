@@ -23,8 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 STEPS = 6
 
 
-def _after_supernet(solo: bool = True, steps: int = STEPS, val: bool = True) -> tuple[dymu.Controller, list, dymu.anchor.AnchorNet]:
-    """A tiny controller after stage 0, the affinity and a supernet stage; its data; its stage-0 streams."""
+def _after_supernet(solo: bool = True, steps: int = STEPS, val: bool = False) -> tuple[dymu.Controller, list, dymu.anchor.AnchorNet]:
+    """A tiny controller after stage 0, the affinity and a supernet stage; its data; its stage-0 streams. Without
+    validation every solo stream is kept (with it, a stream the supernet's beats is replaced)."""
     ctrl, data = trained_streams(3, n_batches=3, steps=4)
     stage0 = frozen_copy(ctrl.anchor)
     config = dymu.SupernetConfig(steps=steps, eval_every=max(1, steps // 2), solo=solo, lr=1e-2)
@@ -39,7 +40,7 @@ def _equal_states(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_solo_streams_are_stage0_continued_on_the_supernets_batches():
     # without validation nothing is selected: the solo streams are exactly stage 0 trained on for the stage's steps
-    ctrl, data, stage0 = _after_supernet(val=False)
+    ctrl, data, stage0 = _after_supernet()
     continued = copy.deepcopy(stage0).requires_grad_(True)
     train_anchor(continued, ctrl.tasks, data, None, dymu.AnchorConfig(steps=STEPS, seed=ctrl.seed), torch.device("cpu"),
                  verbose=False)
@@ -129,13 +130,18 @@ def test_solo_tasks_get_no_weight_hypernet_adaptation_even_when_every_node_is_ad
 
 
 def test_each_solo_stream_keeps_its_best_validation_state():
-    ctrl, data, stage0 = _after_supernet(steps=4)
-    selection = ctrl.stages["supernet"]["selection"]
+    ctrl, data = trained_streams(3, n_batches=3, steps=4)
+    stage0, val = frozen_copy(ctrl.anchor), data[:1]
+    solo = copy.deepcopy(stage0)
+    result = train_supernet(ctrl.anchor, stage0, ctrl.tasks, data, ctrl.loss_scales, ctrl.cost_table, None,
+                            dymu.SupernetConfig(steps=4, eval_every=2, solo=True, lr=1e-2), torch.device("cpu"), False,
+                            select=lambda: 0.0, solo=solo, val_batches=val)
+    selection = result["selection"]
     assert set(selection["solo_steps"]) == set(ctrl.task_names)
-    scores = {0: evaluate_streams(stage0, ctrl.tasks, data[:1], torch.device("cpu"))}
+    scores = {0: evaluate_streams(stage0, ctrl.tasks, val, torch.device("cpu"))}
     scores.update({h["step"]: h["solo"] for h in selection["history"]})
     assert sorted(scores) == [0, 2, 4]
-    final = evaluate_streams(ctrl.solo, ctrl.tasks, data[:1], torch.device("cpu"))
+    final = evaluate_streams(solo, ctrl.tasks, val, torch.device("cpu"))
     for task in ctrl.tasks:
         by_step = [(step, s[task.name][task.primary]) for step, s in sorted(scores.items())]
         best = max(v for _, v in by_step)  # accuracy: higher is better; the first step to reach it is kept
@@ -213,7 +219,9 @@ def test_the_supernet_plot_and_table_show_the_served_anchor_tree_and_the_superne
     from benchmarks.protocol.report import _supernet_table
     from benchmarks.views import supernet_effect
 
-    ctrl, data, stage0 = _after_supernet()
+    ctrl, data, stage0 = _after_supernet()  # every solo stream kept; the trees as a stage with validation records them
+    trees = ctrl._supernet_trees(data[:1], torch.device("cpu"))
+    ctrl.stages["supernet"]["trees"] = {name: {"assignment": [list(row) for row in a]} for name, (a, _) in trees.items()}
     effect = supernet_effect(ctrl, stage0, data, torch.device("cpu"))
     served = ctrl.solo.forward_single
     solo_losses = [float(np.mean([t.loss(served(x)[t.name], y[t.name]) for x, y in data])) for t in ctrl.tasks]
@@ -225,3 +233,24 @@ def test_the_supernet_plot_and_table_show_the_served_anchor_tree_and_the_superne
                "methods": {"dymu": {"per_seed": [{"seed": 0, "supernet_effect": effect}]}}}
     assert plot_supernet(results, tmp_path / "supernet.png").stat().st_size > 10_000
     assert any(line.startswith("| anchor tree, supernet alone") for line in _supernet_table(results))
+
+
+def test_a_task_keeps_its_solo_stream_only_where_it_beats_the_supernets_on_validation():
+    ctrl, data, _ = _after_supernet(solo=False)
+    val = data[:1]
+    candidate = copy.deepcopy(ctrl.anchor).requires_grad_(True)
+    # a solo net that fits the validation batch (lower loss there) but whose stream 0 is broken
+    train_anchor(candidate, ctrl.tasks, val, None, dymu.AnchorConfig(steps=20), torch.device("cpu"), verbose=False)
+    with torch.no_grad():
+        for p in candidate.streams[0].parameters():
+            p.add_(torch.randn_like(p))
+    record = ctrl._keep_better_streams(candidate, val, torch.device("cpu"))
+    assert record["t0"]["solo"] is False and record["t1"]["solo"] is True
+    for k, name in enumerate(ctrl.task_names):
+        assert record[name]["solo"] == (record[name]["solo_val_loss"] < record[name]["supernet_val_loss"])
+        same = _equal_states(ctrl.solo.streams[k], ctrl.anchor.streams[k])
+        assert same != record[name]["solo"], name
+    # where the supernet's streams win for every task nothing more is stored
+    plain = copy.deepcopy(ctrl.anchor)
+    assert all(not r["solo"] for r in ctrl._keep_better_streams(plain, val, torch.device("cpu")).values())
+    assert ctrl.solo is None
