@@ -65,9 +65,10 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"seeds": [0], "steps": (150, 100, 60), "supernet_steps": 60, "n_preferences": 5, "hs_preferences": 2,
                   "test_examples": 1000, "cost_preferences": 200, "val_examples": 1000},
         # [choice] chosen on validation as for multifashion (benchmarks/results/split; the measured search:
-        # fashion_digits-measured-a.json, the highest score where no candidate clears the control bars)
+        # fashion_digits-measured-a.json, the highest score where no candidate clears the control bars; solo
+        # streams: fashion_digits-solo-a.json)
         "full": {"seeds": [0, 1, 2], "steps": (600, 180, 95), "supernet_steps": 675, "n_preferences": None, "hs_preferences": 5,
-                 "supernet_config": {"lr": 1e-3, "distill": "none"},
+                 "supernet_config": {"lr": 1e-3, "distill": "none", "solo": True},
                  "edge_config": {"warm_start": "measured", "path_samples": 1000},
                  "test_examples": 3000, "cost_preferences": 1000, "val_examples": 3000},
     },
