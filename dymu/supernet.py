@@ -261,7 +261,10 @@ def train_supernet(
         scheduler.step()
         scalars = {"task_loss": task_total, "distill": distil_total}
         if solo_trainer is not None:
-            solo_losses = streams_step(solo, tasks, *solo_trainer, info, x, targets)
+            # its own random stream (dropout in a head, say), so the supernet trains as it would without solo streams
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed * 1_000_003 + info.step)
+                solo_losses = streams_step(solo, tasks, *solo_trainer, info, x, targets)
             scalars["solo_loss"] = sum(solo_losses.values())
         return scalars
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dymu
-from _tiny import tiny_tasks, trained_streams
+from _tiny import tiny_batches, tiny_tasks, trained_streams
 from dymu.anchor import tree_forward
 from dymu.budget import CostTable, shrink_to_budget
 from dymu.path_losses import PathLosses, path_index
@@ -254,3 +254,27 @@ def test_a_task_keeps_its_solo_stream_only_where_it_beats_the_supernets_on_valid
     plain = copy.deepcopy(ctrl.anchor)
     assert all(not r["solo"] for r in ctrl._keep_better_streams(plain, val, torch.device("cpu")).values())
     assert ctrl.solo is None
+
+
+def test_the_supernet_trains_the_same_with_and_without_solo_streams_even_with_dropout_in_a_head():
+    class DropoutHead(torch.nn.Module):
+        def __init__(self, shape):
+            super().__init__()
+            c, h, w = shape
+            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(c * h * w, 4))
+
+        def forward(self, x, *skips):
+            return self.body(x)
+
+    tasks = [dymu.Task(t.name, head=DropoutHead, loss=t.loss, metrics=t.metrics, primary=t.primary,
+                       higher_is_better=t.higher_is_better) for t in tiny_tasks(2)]
+    states = []
+    for solo in (False, True):
+        torch.manual_seed(0)
+        ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tasks, seed=0)
+        data = tiny_batches(2, n_batches=2, batch=16, seed=1)
+        ctrl.fit_anchor(data, None, config=dymu.AnchorConfig(steps=2), verbose=False)
+        ctrl.fit_affinity(data, n_samples=32, calibration_samples=16)
+        ctrl.fit_supernet(data, None, config=dymu.SupernetConfig(steps=3, solo=solo), verbose=False)
+        states.append(ctrl.anchor)
+    assert _equal_states(*states)
