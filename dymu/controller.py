@@ -357,6 +357,12 @@ class Controller:
         with mode:
             return tree_losses(anchor, self.tasks, assignment, batches, device, nodes, heads)
 
+    def _anchor_tree_losses(self, batches: list, device: torch.device) -> Tensor:
+        """Each task's loss ``[N]`` alone on its own stream, as served (solo streams where there are), scored as stage 1
+        scores trees."""
+        anchor_tree = [list(range(self.n_tasks))] * self.n_layers
+        return self._tree_losses(anchor_tree, None, batches, device, batch_statistics=self.bn_stats == "batch")
+
     # --------------------------------------------------------------------------- supernet
     def fit_supernet(
         self,
@@ -424,14 +430,12 @@ class Controller:
         (the sandwich's joint training can beat single-task training, as on multifashion); when that is every task,
         there are no solo streams at all (nothing more is stored). Without validation every solo stream is kept.
         Returns ``{task: {"solo_val_loss", "supernet_val_loss", "solo"}}``."""
-        anchor_tree = [list(range(self.n_tasks))] * self.n_layers
         if batches is None:
             self.solo = solo
             return {name: {"solo_val_loss": None, "supernet_val_loss": None, "solo": True} for name in self.task_names}
-        scoring = self.bn_stats == "batch"
-        supernet = self._tree_losses(anchor_tree, None, batches, device, batch_statistics=scoring).tolist()
+        supernet = self._anchor_tree_losses(batches, device).tolist()
         self.solo = solo
-        alone = self._tree_losses(anchor_tree, None, batches, device, batch_statistics=scoring).tolist()
+        alone = self._anchor_tree_losses(batches, device).tolist()
         record = {}
         for k, name in enumerate(self.task_names):
             keep = alone[k] < supernet[k]
@@ -567,8 +571,7 @@ class Controller:
         with scoring_mode(self.anchor.to(device), self.bn_stats == "batch"):  # as the validation score runs the trees
             table = measure_path_losses(self.anchor, self.tasks, batches, device)
         if self.solo is not None:  # each task's loss alone on its solo stream, on the same images
-            anchor_tree = [list(range(self.n_tasks))] * self.n_layers
-            solo = self._tree_losses(anchor_tree, None, batches, device, batch_statistics=self.bn_stats == "batch")
+            solo = self._anchor_tree_losses(batches, device)
             table = replace(table, solo=np.asarray(mean_over_ranks(solo.tolist(), device)))  # one table on every rank
         self.path_losses = table
         self._invalidate()
