@@ -47,7 +47,7 @@ from .distributed import gather, mean_over_ranks
 from .evaluation import EvaluationTable, evaluate_model
 from .export import fold_batchnorm
 from .path_losses import PathLosses, measure_path_losses
-from .planner import SEARCHES, BuildPlan, Planner
+from .planner import MEASURED_SEARCHES, SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
 from .progress import quiet_from_env
 from .resume import checkpointing
@@ -536,12 +536,12 @@ class Controller:
         return result
 
     def choose_search(self, batches: list, known: Mapping[str, float] | None = None) -> dict[str, Any]:
-        """Keep the planner's budget search (``"hypernet"``, ``"merge"``, or ``"measured"`` when
+        """Keep the planner's budget search (``"hypernet"``, ``"merge"``, or ``"measured"`` and ``"fill"`` when
         :attr:`path_losses` are measured; :mod:`dymu.planner`) that scores lower on :meth:`validation_requests`
         over ``batches`` (ties keep the hypernet, then the merge). ``known``: scores already measured on
         these batches (stage 1's best is the hypernet's). Scores are averaged over ranks, so every rank
         keeps the same search. Returns the scores and the choice; :attr:`search` holds it."""
-        candidates = [s for s in SEARCHES if s != "measured" or self.path_losses is not None]
+        candidates = [s for s in SEARCHES if s not in MEASURED_SEARCHES or self.path_losses is not None]
         scores = {s: v for s, v in (known or {}).items() if s in candidates}
         new_scores = {}
         with scoring_mode(self.anchor, self.bn_stats == "batch"):  # as stage 1 scored its hypernet
@@ -840,8 +840,8 @@ class Controller:
         ctrl.adapt_scope = state.get("adapt_scope", "shared")
         ctrl.search = state.get("search", "hypernet")
         ctrl.path_losses = PathLosses.from_dict(state["path_losses"]) if state.get("path_losses") else None
-        if ctrl.search == "measured" and ctrl.path_losses is None:
-            raise ValueError("the checkpoint's search is 'measured' but it holds no path losses")
+        if ctrl.search in MEASURED_SEARCHES and ctrl.path_losses is None:
+            raise ValueError(f"the checkpoint's search is {ctrl.search!r} but it holds no path losses")
         ctrl.stages = state.get("stages", {})
         ctrl.anchor.eval()
         ctrl.edge.eval()

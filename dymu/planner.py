@@ -29,6 +29,9 @@ Three searches for a budget in budget mode (``search``), chosen on validation af
 * ``"measured"`` ([choice] beyond the paper): the same merge search with each merge's harm measured, the
   moved tasks' validation losses along their new paths (:mod:`dymu.path_losses`), in place of the guess
   from the affinity and the depth.
+* ``"fill"`` ([choice] beyond the paper): the measured search, then what the budget still leaves is spent on
+  the splits that measure best per FLOP (:func:`dymu.budget.fill_budget`): the last merge of a search from
+  above often frees far more than the budget needed.
 """
 
 from __future__ import annotations
@@ -47,12 +50,14 @@ from hyper import EdgeHypernet, budget_pressure, most_likely_parents
 from .budget import CostTable, merged_anchor, shrink_to_budget
 from .path_losses import PathLosses
 
-__all__ = ["BuildPlan", "Planner", "CONTROL_MODES", "SEARCHES"]
+__all__ = ["BuildPlan", "Planner", "CONTROL_MODES", "SEARCHES", "MEASURED_SEARCHES"]
 
 CONTROL_MODES = ("budget", "paper")
-SEARCHES = ("hypernet", "merge", "measured")
+SEARCHES = ("hypernet", "merge", "measured", "fill")
 #: the searches that merge branches from the anchor tree
-MERGE_SEARCHES = ("merge", "measured")
+MERGE_SEARCHES = ("merge", "measured", "fill")
+#: the searches that price trees on the measured path losses
+MEASURED_SEARCHES = ("measured", "fill")
 
 #: resource inputs tried, least frugal first: the paper's 21-point c grid; 41 budget pressures
 GRID_POINTS = 21
@@ -71,7 +76,7 @@ class BuildPlan:
         flops, params: per-image cost of the tree, from the cost table.
         fallback: True when no proposal fitted and branches were merged after the hypernet.
         mode: ``"budget"`` or ``"paper"``.
-        search: ``"hypernet"``, ``"merge"`` or ``"measured"``: what decided the tree (see the module docstring).
+        search: ``"hypernet"``, ``"merge"``, ``"measured"`` or ``"fill"``: what decided the tree (see the module docstring).
     """
 
     tree: Tree
@@ -113,8 +118,8 @@ class Planner:
         task_names: the N tasks, in order.
         affinity: ``[N, N]`` task affinity for the fallback merge (None: all tasks alike).
         mode: ``"budget"`` or ``"paper"`` (see the module docstring).
-        search: ``"hypernet"``, ``"merge"`` or ``"measured"``: how a budget is met in budget mode (module docstring).
-        path_losses: the measured per-path losses the ``"measured"`` search needs.
+        search: one of :data:`SEARCHES`: how a budget is met in budget mode (module docstring).
+        path_losses: the measured per-path losses the ``"measured"`` and ``"fill"`` searches need.
     """
 
     def __init__(
@@ -131,8 +136,8 @@ class Planner:
             raise ValueError(f"control mode must be one of {CONTROL_MODES}, got {mode!r}")
         if search not in SEARCHES:
             raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
-        if search == "measured" and path_losses is None:
-            raise ValueError("the 'measured' search needs measured path losses (Controller.measure_paths(val))")
+        if search in MEASURED_SEARCHES and path_losses is None:
+            raise ValueError(f"the {search!r} search needs measured path losses (Controller.measure_paths(val))")
         if path_losses is not None and (path_losses.n_tasks, path_losses.n_layers) != (cost_table.n_tasks, cost_table.n_layers):
             raise ValueError(f"the path losses are for {path_losses.n_tasks} tasks on {path_losses.n_layers} blocks, the cost "
                              f"table for {cost_table.n_tasks} on {cost_table.n_layers}: they must come from one controller")
@@ -203,8 +208,8 @@ class Planner:
 
     def _merge_plan(self, preference: np.ndarray, budget: float) -> BuildPlan:
         table = self.table
-        measured = self.path_losses if self.search == "measured" else None
-        assignment = merged_anchor(table, budget, preference, self.affinity, measured)
+        measured = self.path_losses if self.search in MEASURED_SEARCHES else None
+        assignment = merged_anchor(table, budget, preference, self.affinity, measured, fill=self.search == "fill")
         return BuildPlan(
             tree=Tree(self.task_names, assignment),
             preference=tuple(float(v) for v in preference),
