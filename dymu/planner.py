@@ -16,7 +16,7 @@ Two control modes, fixed when the edge hypernet is trained (:class:`dymu.EdgeCon
 * ``"paper"``: the hypernet's input is the paper's resource preference ``c``; a budget is met by the
   least frugal ``c`` of a 21-point grid whose tree fits.
 
-Three searches for a budget in budget mode (``search``), chosen on validation after stage 1
+Four searches for a budget in budget mode (``search``), chosen on validation after stage 1
 (:meth:`dymu.Controller.fit_edge`):
 
 * ``"hypernet"``: the edge hypernet's trees over the pressure grid, as above.
