@@ -23,9 +23,11 @@ import torch
 
 from hyper import RegulariserConfig
 
-__all__ = ["AnchorConfig", "SupernetConfig", "EdgeConfig", "WeightConfig", "PRESETS", "STAGES", "preset_steps", "adam"]
+__all__ = ["AnchorConfig", "SupernetConfig", "EdgeConfig", "WeightConfig", "PRESETS", "STAGES", "preset_steps", "adam", "TREE_FAMILIES"]
 
 STAGES = ("anchor", "supernet", "edge", "weights")
+#: where the supernet sandwich's budget trees come from (:class:`SupernetConfig` ``tree_family``)
+TREE_FAMILIES = ("merge", "affinity")
 
 #: per preset and stage: (epochs, cap on the steps those epochs give, steps when the data's length is unknown)
 PRESETS: dict[str, dict[str, tuple[float | None, int | None, int]]] = {
@@ -156,6 +158,9 @@ class SupernetConfig(_Presets):
             tree (see :mod:`dymu.supernet`).
         eval_every: with validation data, score the supernet every this many steps (and at the end;
             None: four times); the best state, the frozen streams (step 0) included, is kept.
+        tree_family: where the sandwich's budget trees come from: ``"merge"`` (default), the merge search's trees for
+            drawn preferences and budgets; ``"affinity"``, the nested static affinity trees with one stream per
+            group (:mod:`dymu.family`), so that a node serves the same group of tasks in every tree that has it.
         solo: also continue a copy of the stage-0 streams on their own tasks, on this stage's batches, and
             run it wherever a tree leaves a task alone on its own stream (:mod:`dymu.solo`). [choice] off
             by default: it stores a second copy of the streams; the benchmarks' presets set it where
@@ -175,6 +180,7 @@ class SupernetConfig(_Presets):
     dirichlet_alpha: float = 1.0
     bn: str = "batch"
     eval_every: int | None = None
+    tree_family: str = "merge"
     solo: bool = False
     seed: int | None = None
 
@@ -185,6 +191,8 @@ class SupernetConfig(_Presets):
             raise ValueError(f"solo must be True or False, got {self.solo!r}")
         if self.bn not in ("batch", "anchor"):
             raise ValueError(f"bn must be 'batch' or 'anchor', got {self.bn!r}")
+        if self.tree_family not in TREE_FAMILIES:
+            raise ValueError(f"tree_family must be one of {TREE_FAMILIES}, got {self.tree_family!r}")
         if self.budget_trees < 0:
             raise ValueError(f"budget_trees must be >= 0, got {self.budget_trees}")
         if self.distill not in ("features", "none"):

@@ -10,7 +10,9 @@ build, a sandwich per step (slimmable / once-for-all networks):
 * a one-stream tree (every task on stream ``s``, ``s`` drawn per step), the cheapest tree there is;
 * ``budget_trees`` trees across the budget range: for a drawn preference ``r ~ Dirichlet`` and budget
   ``b ~ U(min_budget, 1)``, the anchor merged along the affinity until it fits
-  (:func:`dymu.budget.shrink_to_budget`, the planner's merge search), trained on ``r``'s weights.
+  (:func:`dymu.budget.shrink_to_budget`, the planner's merge search), trained on ``r``'s weights; or, with
+  ``tree_family="affinity"``, the nested static affinity tree of cost ``b`` with one stream per group
+  (:mod:`dymu.family`), whose one-stream tree then replaces the drawn one.
 
 Each task's last features (the input of its head) are distilled toward its frozen single-task
 stream's through a task-specific adaptor (a 1x1 convolution initialised to the identity; Li & Bilen,
@@ -42,10 +44,11 @@ from torch import Tensor, nn
 from .anchor import AnchorNet, frozen_batchnorm_statistics, run_tree
 from .budget import CostTable, merged_anchor
 from .distributed import rank_world
+from .family import affinity_family
 from .progress import quiet_from_env
 from .loop import Batch, KeepBest, Part, StepInfo, TrainLoop
 from .resume import Checkpointing
-from .stage_configs import AnchorConfig, SupernetConfig, adam
+from .stage_configs import TREE_FAMILIES, AnchorConfig, SupernetConfig, adam
 from .tasks import Task
 from .training import _Precision, evaluate_streams, stream_parts, streams_step
 
@@ -111,14 +114,24 @@ class SandwichTrees:
     """The trees of one supernet step and their task weights (see the module docstring).
 
     ``draw() -> [(assignment, r [N])]``: the anchor tree and the one-stream tree with uniform ``r``, then
-    ``budget_trees`` merged trees with their drawn ``r``. Draws from ``rng`` only.
+    ``budget_trees`` trees with their drawn ``r``: merged trees (``family="merge"``), or the nested affinity tree
+    of the drawn budget (``family="affinity"``, :mod:`dymu.family`: the costliest that fits), whose cheapest tree
+    is then the one-stream tree. Draws from ``rng`` only.
     """
 
     def __init__(self, table: CostTable, affinity: np.ndarray | None, budget_trees: int, dirichlet_alpha: float,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, family: str = "merge"):
+        if family not in TREE_FAMILIES:
+            raise ValueError(f"family must be one of {TREE_FAMILIES}, got {family!r}")
         self.table, self.budget_trees, self.alpha, self.rng = table, budget_trees, dirichlet_alpha, rng
         n = table.n_tasks
         self.affinity = np.ones((n, n)) if affinity is None else np.asarray(affinity, dtype=float)
+        self.family = affinity_family(table, self.affinity) if family == "affinity" else None
+
+    def family_tree(self, budget: float) -> Assignment:
+        """The costliest tree of the affinity family within ``budget`` (a fraction of the anchor's FLOPs)."""
+        allowed = budget * self.table.anchor_flops
+        return [rows for rows, flops in self.family if flops <= allowed][-1] if allowed >= self.family[0][1] else self.family[0][0]
 
     def anchor_tree(self) -> Assignment:
         return tuple(tuple(range(self.table.n_tasks)) for _ in range(self.table.n_layers))
@@ -129,12 +142,15 @@ class SandwichTrees:
     def draw(self) -> list[tuple[Assignment, np.ndarray]]:
         n = self.table.n_tasks
         uniform = np.full(n, 1.0 / n)
-        trees = [(self.anchor_tree(), uniform), (self.one_stream_tree(int(self.rng.integers(n))), uniform)]
+        stream = int(self.rng.integers(n))
+        cheapest = self.family[0][0] if self.family is not None else self.one_stream_tree(stream)
+        trees = [(self.anchor_tree(), uniform), (cheapest, uniform)]
         low = self.table.min_budget
         for _ in range(self.budget_trees):
             r = self.rng.dirichlet(np.full(n, self.alpha))
             budget = low + (1.0 - low) * float(self.rng.random())
-            trees.append((merged_anchor(self.table, budget, r, self.affinity), r))
+            tree = self.family_tree(budget) if self.family is not None else merged_anchor(self.table, budget, r, self.affinity)
+            trees.append((tree, r))
         return trees
 
 
@@ -213,7 +229,7 @@ def train_supernet(
     names = [t.name for t in tasks]
     seed = 0 if config.seed is None else int(config.seed)
     rng = np.random.default_rng(seed)
-    trees = SandwichTrees(cost_table, affinity, config.budget_trees, config.dirichlet_alpha, rng)
+    trees = SandwichTrees(cost_table, affinity, config.budget_trees, config.dirichlet_alpha, rng, config.tree_family)
     anchor.to(device).train().requires_grad_(True)
     teacher.to(device).eval().requires_grad_(False)
     spatial = len(anchor.backbone.out_shape) > 1
