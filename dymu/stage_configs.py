@@ -23,11 +23,13 @@ import torch
 
 from hyper import RegulariserConfig
 
-__all__ = ["AnchorConfig", "SupernetConfig", "EdgeConfig", "WeightConfig", "PRESETS", "STAGES", "preset_steps", "adam", "TREE_FAMILIES"]
+__all__ = ["AnchorConfig", "SupernetConfig", "EdgeConfig", "WeightConfig", "PRESETS", "STAGES", "preset_steps", "adam", "TREE_FAMILIES", "ONE_STREAM_TREES"]
 
 STAGES = ("anchor", "supernet", "edge", "weights")
 #: where the supernet sandwich's budget trees come from (:class:`SupernetConfig` ``tree_family``)
 TREE_FAMILIES = ("merge", "affinity")
+#: the sandwich's one-stream tree with the affinity family: its root stream, or a stream drawn per step
+ONE_STREAM_TREES = ("root", "drawn")
 
 #: per preset and stage: (epochs, cap on the steps those epochs give, steps when the data's length is unknown)
 PRESETS: dict[str, dict[str, tuple[float | None, int | None, int]]] = {
@@ -161,6 +163,9 @@ class SupernetConfig(_Presets):
         tree_family: where the sandwich's budget trees come from: ``"merge"`` (default), the merge search's trees for
             drawn preferences and budgets; ``"affinity"``, the nested static affinity trees with one stream per
             group (:mod:`dymu.family`), so that a node serves the same group of tasks in every tree that has it.
+        family_one_stream: with ``tree_family="affinity"``, the sandwich's one-stream tree: ``"root"`` (default), the
+            family's cheapest tree, so one stream is trained for every task at every step; ``"drawn"``, a stream
+            drawn per step as with merged trees, so the measured search can pick each preference's best stream.
         solo: also continue a copy of the stage-0 streams on their own tasks, on this stage's batches, and
             run it wherever a tree leaves a task alone on its own stream (:mod:`dymu.solo`). [choice] off
             by default: it stores a second copy of the streams; the benchmarks' presets set it where
@@ -181,6 +186,7 @@ class SupernetConfig(_Presets):
     bn: str = "batch"
     eval_every: int | None = None
     tree_family: str = "merge"
+    family_one_stream: str = "root"
     solo: bool = False
     seed: int | None = None
 
@@ -193,6 +199,8 @@ class SupernetConfig(_Presets):
             raise ValueError(f"bn must be 'batch' or 'anchor', got {self.bn!r}")
         if self.tree_family not in TREE_FAMILIES:
             raise ValueError(f"tree_family must be one of {TREE_FAMILIES}, got {self.tree_family!r}")
+        if self.family_one_stream not in ONE_STREAM_TREES:
+            raise ValueError(f"family_one_stream must be one of {ONE_STREAM_TREES}, got {self.family_one_stream!r}")
         if self.budget_trees < 0:
             raise ValueError(f"budget_trees must be >= 0, got {self.budget_trees}")
         if self.distill not in ("features", "none"):

@@ -12,7 +12,8 @@ build, a sandwich per step (slimmable / once-for-all networks):
   ``b ~ U(min_budget, 1)``, the anchor merged along the affinity until it fits
   (:func:`dymu.budget.shrink_to_budget`, the planner's merge search), trained on ``r``'s weights; or, with
   ``tree_family="affinity"``, the nested static affinity tree of cost ``b`` with one stream per group
-  (:mod:`dymu.family`), whose one-stream tree then replaces the drawn one.
+  (:mod:`dymu.family`), whose one-stream tree then replaces the drawn one (``family_one_stream="root"``) or
+  not (``"drawn"``).
 
 Each task's last features (the input of its head) are distilled toward its frozen single-task
 stream's through a task-specific adaptor (a 1x1 convolution initialised to the identity; Li & Bilen,
@@ -48,7 +49,7 @@ from .family import affinity_family
 from .progress import quiet_from_env
 from .loop import Batch, KeepBest, Part, StepInfo, TrainLoop
 from .resume import Checkpointing
-from .stage_configs import TREE_FAMILIES, AnchorConfig, SupernetConfig, adam
+from .stage_configs import ONE_STREAM_TREES, TREE_FAMILIES, AnchorConfig, SupernetConfig, adam
 from .tasks import Task
 from .training import _Precision, evaluate_streams, stream_parts, streams_step
 
@@ -116,11 +117,15 @@ class SandwichTrees:
     ``draw() -> [(assignment, r [N])]``: the anchor tree and the one-stream tree with uniform ``r``, then
     ``budget_trees`` trees with their drawn ``r``: merged trees (``family="merge"``), or the nested affinity tree
     of the drawn budget (``family="affinity"``, :mod:`dymu.family`: the costliest that fits), whose cheapest tree
-    is then the one-stream tree. Draws from ``rng`` only.
+    is then the one-stream tree unless ``one_stream="drawn"`` (a stream drawn per step, as with merged trees).
+    Draws from ``rng`` only.
     """
 
     def __init__(self, table: CostTable, affinity: np.ndarray | None, budget_trees: int, dirichlet_alpha: float,
-                 rng: np.random.Generator, family: str = "merge"):
+                 rng: np.random.Generator, family: str = "merge", one_stream: str = "root"):
+        if one_stream not in ONE_STREAM_TREES:
+            raise ValueError(f"one_stream must be one of {ONE_STREAM_TREES}, got {one_stream!r}")
+        self.drawn_stream = family == "merge" or one_stream == "drawn"
         if family not in TREE_FAMILIES:
             raise ValueError(f"family must be one of {TREE_FAMILIES}, got {family!r}")
         self.table, self.budget_trees, self.alpha, self.rng = table, budget_trees, dirichlet_alpha, rng
@@ -143,7 +148,7 @@ class SandwichTrees:
         n = self.table.n_tasks
         uniform = np.full(n, 1.0 / n)
         stream = int(self.rng.integers(n))
-        cheapest = self.family[0][0] if self.family is not None else self.one_stream_tree(stream)
+        cheapest = self.one_stream_tree(stream) if self.drawn_stream else self.family[0][0]
         trees = [(self.anchor_tree(), uniform), (cheapest, uniform)]
         low = self.table.min_budget
         for _ in range(self.budget_trees):
@@ -229,7 +234,8 @@ def train_supernet(
     names = [t.name for t in tasks]
     seed = 0 if config.seed is None else int(config.seed)
     rng = np.random.default_rng(seed)
-    trees = SandwichTrees(cost_table, affinity, config.budget_trees, config.dirichlet_alpha, rng, config.tree_family)
+    trees = SandwichTrees(cost_table, affinity, config.budget_trees, config.dirichlet_alpha, rng, config.tree_family,
+                          config.family_one_stream)
     anchor.to(device).train().requires_grad_(True)
     teacher.to(device).eval().requires_grad_(False)
     spatial = len(anchor.backbone.out_shape) > 1

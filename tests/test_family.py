@@ -70,11 +70,27 @@ def test_the_sandwich_draws_the_family_tree_of_the_budget_and_the_familys_one_st
     assert trees.family_tree(TABLE.min_budget) == min(family, key=family.get)
 
 
+def test_with_drawn_one_stream_trees_every_stream_serves_every_task_and_the_budget_trees_stay_the_familys():
+    trees = SandwichTrees(TABLE, AFFINITY, budget_trees=2, dirichlet_alpha=1.0, rng=np.random.default_rng(0),
+                          family="affinity", one_stream="drawn")
+    family = dict(affinity_family(TABLE, AFFINITY))
+    streams = set()
+    for _ in range(30):
+        drawn = trees.draw()
+        one = drawn[1][0]
+        assert all(row == one[0] and len(set(row)) == 1 for row in one)
+        streams.add(one[0][0])
+        assert all(rows in family for rows, _ in drawn[2:])
+    assert streams == {0, 1, 2, 3}
+
+
 def test_an_unknown_tree_family_is_refused():
     with pytest.raises(ValueError, match="tree_family must be one of"):
         dymu.SupernetConfig(tree_family="random")
     with pytest.raises(ValueError, match="family must be one of"):
         SandwichTrees(TABLE, AFFINITY, 1, 1.0, np.random.default_rng(0), family="random")
+    with pytest.raises(ValueError, match="family_one_stream must be one of"):
+        dymu.SupernetConfig(tree_family="affinity", family_one_stream="all")
 
 
 @pytest.mark.usefixtures("one_thread")
