@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import protocol
 
-__all__ = ["retarget", "task_paths", "main"]
+__all__ = ["retarget", "task_paths", "unfinished_banner", "main"]
 
 
 def retarget(results: dict) -> dict:
@@ -92,8 +92,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as error:
             parser.error(str(error))
         return 0
+    banner = unfinished_banner(results)
+    if banner:
+        print(banner + "\n")
     print(protocol.format_markdown(retarget(results)))
     return 0
+
+
+def unfinished_banner(results: dict) -> str:
+    """A line for a results file whose run has not finished: the (seed, method) entries it still lacks, so that a
+    table printed from it is not read as the whole comparison ("" for a finished run).
+
+    >>> unfinished_banner({"complete": False, "seeds": [0], "config": {"methods": ["dymu", "phn", "hard_sharing"]},
+    ...                    "methods": {"dymu": {"seeds": [0]}, "phn": {"seeds": [0]}}})
+    'UNFINISHED run: not yet run: hard_sharing (seed 0); finish it with python -m benchmarks.run ... --resume'
+    """
+    if results.get("complete", True):
+        return ""
+    methods = results.get("methods") or {}
+    wanted = (results.get("config") or {}).get("methods") or list(methods)
+    missing = []
+    for name in wanted:
+        done = set((methods.get(name) or {}).get("seeds") or [])
+        left = [seed for seed in results.get("seeds") or [] if seed not in done]
+        if left:
+            missing.append(f"{name} (seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))})")
+    what = "not yet run: " + ", ".join(missing) if missing else "its summary is not final"
+    return f"UNFINISHED run: {what}; finish it with python -m benchmarks.run ... --resume"
 
 
 if __name__ == "__main__":
