@@ -66,9 +66,11 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
                   "test_examples": 1000, "cost_preferences": 200, "val_examples": 1000},
         # [choice] chosen on validation as for multifashion (benchmarks/results/split; the measured search:
         # fashion_digits-measured-a.json, the highest score where no candidate clears the control bars; solo
-        # streams: fashion_digits-solo-a.json)
-        "full": {"seeds": [0, 1, 2], "steps": (600, 180, 95), "supernet_steps": 675, "n_preferences": None, "hs_preferences": 5,
-                 "supernet_config": {"lr": 1e-3, "distill": "none", "solo": True},
+        # streams: fashion_digits-solo-a.json; the longer supernet stage on the nested affinity trees:
+        # fashion_digits-family-drawn.json against -solo-long.json and -family.json)
+        "full": {"seeds": [0, 1, 2], "steps": (600, 50, 25), "supernet_steps": 875, "n_preferences": None, "hs_preferences": 5,
+                 "supernet_config": {"lr": 1e-3, "distill": "none", "solo": True, "anchor_weight": 0.1, "budget_trees": 2,
+                                     "tree_family": "affinity", "family_one_stream": "drawn"},
                  "edge_config": {"warm_start": "measured", "path_samples": 1000},
                  "test_examples": 3000, "cost_preferences": 1000, "val_examples": 3000},
     },
