@@ -136,7 +136,8 @@ class SandwichTrees:
     def family_tree(self, budget: float) -> Assignment:
         """The costliest tree of the affinity family within ``budget`` (a fraction of the anchor's FLOPs)."""
         allowed = budget * self.table.anchor_flops
-        return [rows for rows, flops in self.family if flops <= allowed][-1] if allowed >= self.family[0][1] else self.family[0][0]
+        fitting = [rows for rows, flops in self.family if flops <= allowed]
+        return fitting[-1] if fitting else self.family[0][0]
 
     def anchor_tree(self) -> Assignment:
         return tuple(tuple(range(self.table.n_tasks)) for _ in range(self.table.n_layers))
@@ -147,7 +148,7 @@ class SandwichTrees:
     def draw(self) -> list[tuple[Assignment, np.ndarray]]:
         n = self.table.n_tasks
         uniform = np.full(n, 1.0 / n)
-        stream = int(self.rng.integers(n))
+        stream = int(self.rng.integers(n))  # drawn even when unused: every family draws the same sequence from rng
         cheapest = self.one_stream_tree(stream) if self.drawn_stream else self.family[0][0]
         trees = [(self.anchor_tree(), uniform), (cheapest, uniform)]
         low = self.table.min_budget
