@@ -4,7 +4,7 @@
 Drawn from the merge search (a random preference and budget each step), those trees put a node of stream ``s``
 under ever other groups of tasks, so no node learns to serve any group well: on fashion_digits, after the stage,
 digit lost 65 % on the best foreign stream, while a static affinity tree trained jointly at 0.6 of the anchor's
-FLOPs was within 2 % of the single-task streams. :func:`affinity_family` gives instead the static affinity
+FLOPs was within 2.2 % of the single-task streams. :func:`affinity_family` gives instead the static affinity
 trees of every cost (:func:`affinity.branching_sequence`, each one refining the one before), with the stream of
 every node chosen so that a group keeps one stream from the input up (:func:`consistent_streams`): a node then
 serves the same group in every tree of the family that has it, or a union of such groups in cheaper trees.

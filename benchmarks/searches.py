@@ -1,0 +1,103 @@
+"""Look inside a trained controller: its budget searches scored again on validation, the FLOPs each one plans, and
+how much a task loses on another task's stream (its path table).
+
+Usage (a controller a benchmark run saved; the run's state folder, ``OUT/<stem>-state``)::
+
+    python -m benchmarks.searches benchmarks/results/solo/fashion_digits-state/seed0-dymu.pt --benchmark fashion_digits --full --seed 0
+
+The validation images are the controller's own validation requests' (the first 512 of the run's validation
+split, as :meth:`dymu.Controller.fit_edge` reads them); the test split is not read. Nothing is trained, and the file
+is not changed. The scores of searches the controller already scored are taken from its record, the others
+(a search added since it was trained) measured: :meth:`dymu.Controller.choose_search`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import dymu
+from dymu.data import build_benchmark
+from dymu.path_losses import PathLosses
+
+from . import protocol
+from .config import BENCHMARKS, make_config
+from .loaders import run_loaders
+
+__all__ = ["foreign_rises", "planned_cost", "main"]
+
+
+def foreign_rises(table: PathLosses) -> list[tuple[int, int, float]]:
+    """Per task ``k``: ``(k, s, rise)`` with ``s`` the other stream on which ``k`` loses least, run all the way up,
+    and ``rise = loss_k(s, ..., s) / loss_k(own stream) - 1``.
+
+    >>> table = PathLosses(2, 1, np.array([[1.0, 3.0], [1.5, 2.0]]))   # one block: paths (0,) and (1,)
+    >>> [(k, s, round(r, 3)) for k, s, r in foreign_rises(table)]
+    [(0, 1, 0.5), (1, 0, 0.5)]
+    """
+    out = []
+    for k in range(table.n_tasks):
+        others = [s for s in range(table.n_tasks) if s != k]
+        best = min(others, key=lambda s: table.loss(k, (s,) * table.n_layers))
+        out.append((k, best, table.relative_increase(k, (best,) * table.n_layers)))
+    return out
+
+
+def planned_cost(ctrl: dymu.Controller, search: str, budgets: Sequence[float], preferences: np.ndarray) -> list[float]:
+    """The mean planned FLOPs (a fraction of the anchor's) of ``ctrl``'s ``search`` over ``preferences [P, N]`` at each
+    budget; ``ctrl.search`` is left as it was."""
+    kept = ctrl.search
+    ctrl.search = search
+    ctrl._invalidate()
+    try:
+        planner, anchor = ctrl.planner, ctrl.cost_table.anchor_flops
+        return [float(np.mean([planner.plan(np.asarray(r), b).flops / anchor for r in preferences])) for b in budgets]
+    finally:
+        ctrl.search = kept
+        ctrl._invalidate()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.searches", description=__doc__.split("\n\n")[0])
+    parser.add_argument("controller", type=Path, help="a controller file (Controller.save; a run's state folder)")
+    parser.add_argument("--benchmark", choices=BENCHMARKS, required=True)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="mode", action="store_const", const="quick")
+    size.add_argument("--full", dest="mode", action="store_const", const="full")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed (it orders the validation batches)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if not args.controller.is_file():
+        parser.error(f"no controller file at {args.controller}")
+    torch.set_num_threads(args.threads)
+    config = make_config(args.benchmark, args.mode or "quick", seeds=[args.seed])
+    bench = build_benchmark(args.benchmark, config.data_seed, config.limit, config.data_root)
+    ctrl = dymu.load(args.controller, tasks=bench.tasks())
+    names = ctrl.task_names
+    if ctrl.path_losses is not None:
+        print("task on its best foreign stream (all the way up): validation loss over its own stream's")
+        for k, s, rise in foreign_rises(ctrl.path_losses):
+            print(f"  {names[k]:>14s} on {names[s]}'s stream: {rise:+.1%}")
+    _, val, _ = run_loaders(bench, config, args.seed)
+    known = ((ctrl.stages.get("edge") or {}).get("search") or {}).get("scores")
+    chosen = ctrl.choose_search(ctrl._validation_batches(val, 512), known)
+    print("validation scores of the searches (lower is better): "
+          + ", ".join(f"{s} {v:.4f}" for s, v in chosen["scores"].items()) + f"; chosen: {chosen['chosen']}")
+    prefs = protocol.cost_preferences(len(names))
+    budgets = list(protocol.COST_BUDGETS)
+    for search in chosen["scores"]:
+        if search == "hypernet":
+            continue
+        costs = planned_cost(ctrl, search, budgets, prefs)
+        print(f"planned FLOPs, {search} search, mean over {len(prefs)} preferences: "
+              + ", ".join(f"budget {b:g}: {c:.3f}" for b, c in zip(budgets, costs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
