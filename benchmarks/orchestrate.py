@@ -317,7 +317,10 @@ class BenchmarkRun:
         elif name == "static_equal_cost":
             nodes = [tree.tree.n_nodes for tree in method.trees.values()]
         models = len(self.hs_index) if name == "hard_sharing" else 1
-        return protocol.training_totals(alloc, n_tasks=len(self.tasks), n_layers=n_layers, models=models, tree_nodes=nodes)
+        controller = getattr(method, "controller", None)
+        sandwich = controller.supernet_blocks_per_image() if isinstance(controller, dymu.Controller) else None
+        return protocol.training_totals(alloc, n_tasks=len(self.tasks), n_layers=n_layers, models=models, tree_nodes=nodes,
+                                        sandwich_blocks=sandwich)
 
     def seed(self, seed: int) -> None:
         """Train and evaluate every method of one seed that is not finished yet; each entry is summarised against
@@ -495,7 +498,7 @@ class BenchmarkRun:
             "config": config.as_dict(),
             "steps": asdict(config.steps),
             "training_budget": {"rule": protocol.TRAINING_BUDGET_RULE, "steps": budget.total,
-                                "images": budget.total * budget.batch_size},
+                                "images": budget.total * budget.batch_size, "block_passes": protocol.BLOCK_PASSES_RULE},
             "versions": versions(),
             "git": self.git,
             "resumed": self.resumed,

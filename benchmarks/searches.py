@@ -1,5 +1,5 @@
-"""Look inside a trained controller: its budget searches scored again on validation, the FLOPs each one plans, and
-how much a task loses on another task's stream (its path table).
+"""Look inside a trained controller: its budget searches scored again on validation, the FLOPs each one plans, how
+much a task loses on another task's stream (its path table), and the blocks its supernet stage ran per training image.
 
 Usage (a controller a benchmark run saved; the run's state folder, ``OUT/<stem>-state``)::
 
@@ -79,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = build_benchmark(args.benchmark, config.data_seed, config.limit, config.data_root)
     ctrl = dymu.load(args.controller, tasks=bench.tasks())
     names = ctrl.task_names
+    sandwich = ctrl.supernet_blocks_per_image()
+    if sandwich is not None:
+        streams = len(names) * ctrl.n_layers
+        steps = ctrl.stages["supernet"]["config"]["steps"]
+        print(f"supernet stage: {sandwich:.2f} backbone blocks per training image per step over {steps} steps "
+              f"({sandwich / streams:.2f} x the {streams} blocks of all streams)")
     if ctrl.path_losses is not None:
         print("task on its best foreign stream (all the way up): validation loss over its own stream's")
         for k, s, rise in foreign_rises(ctrl.path_losses):

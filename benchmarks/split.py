@@ -30,7 +30,8 @@ Usage::
         --candidate supernet=1500,edge=400,weights=200,lr=0.001 --out benchmarks/results/split/multifashion.json
 
 Writes the JSON (config, seed, candidates with their scores, per-stage seconds, versions, commit) after every
-candidate and prints a markdown table of the candidates with the chosen one marked. Candidates scored by
+candidate, saves each candidate's controller in ``OUT_STEM-state/candidate<i>.pt`` (``Controller.save``; not
+committed: ``python -m benchmarks.searches`` looks inside one without training it again) and prints a markdown table of the candidates with the chosen one marked. Candidates scored by
 several invocations on the same stage 0 (to run them side by side) are compared in one table by
 ``python -m benchmarks.split --show FILE [FILE ...]``, which refuses files of another stage 0.
 
@@ -67,7 +68,7 @@ from .methods import ControllerMethod, StepBudget
 from .orchestrate import git_state
 from .protocol.targets import MIN_CONTROLLABILITY, MIN_TASK_CONTROLLABILITY
 
-__all__ = ["parse_candidate", "score_candidates", "controls", "choose", "main"]
+__all__ = ["parse_candidate", "candidate_path", "score_candidates", "controls", "choose", "main"]
 
 def flag(value: str) -> bool:
     """``"true"`` / ``"false"`` (any case) -> bool; anything else is refused.
@@ -181,6 +182,15 @@ def _configs(candidate: dict[str, Any], seed: int) -> tuple[dymu.SupernetConfig,
     return supernet, dymu.EdgeConfig(seed=seed, **{k: v for k, v in candidate.items() if k in EDGE_KEYS})
 
 
+def candidate_path(out: Path, index: int) -> Path:
+    """Where candidate ``index`` (from 0) of the results file ``out`` keeps its trained controller.
+
+    >>> candidate_path(Path("benchmarks/results/split/fd.json"), 1).as_posix()
+    'benchmarks/results/split/fd-state/candidate1.pt'
+    """
+    return out.with_name(f"{out.stem}-state") / f"candidate{index}.pt"
+
+
 def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict[str, Any]], *, out: Path,
                      threads: int | None = None, data_root: str | None = None, command: str = "",
                      **overrides: Any) -> dict[str, Any]:
@@ -244,11 +254,14 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         method.teacher = frozen_copy(ctrl.anchor)
         method.fit_after_stage0(ctrl, train, val_batches, device=torch.device("cpu"))
         scored = _val_hv(method, tasks, val_batches, preferences, space, example)
+        saved = candidate_path(out, index)
+        ctrl.save(saved)
         kept = (ctrl.stages.get("supernet") or {}).get("kept_stage0")
         stage1 = ctrl.stages.get("edge") or {}
         results["candidates"].append({"candidate": cand, **scored, "supernet_config": asdict(supernet),
                                       "edge_config": asdict(edge), "warm_start": stage1.get("warm_start"),
                                       "search": stage1.get("search"), "paths": stage1.get("paths"), "supernet_kept_stage0": kept,
+                                      "controller": str(saved),
                                       "seconds": time.time() - began})
         say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f}; "
             f"controllability halfway {_number(scored['controllability_mid'])}, cost in band {scored['cost_band']} "

@@ -53,7 +53,7 @@ from .progress import quiet_from_env
 from .resume import checkpointing
 from .solo import solo_adaptation, with_solo
 from .stage_configs import SupernetConfig
-from .supernet import frozen_copy, train_supernet
+from .supernet import frozen_copy, sandwich_blocks_per_image, train_supernet
 from .tasks import Task, check_tasks
 from .warm_start import imitate_merge
 from .training import (
@@ -448,6 +448,15 @@ class Controller:
         self._invalidate()
         return record
 
+    def supernet_blocks_per_image(self) -> float | None:
+        """The mean backbone blocks one training image ran forward per step of the supernet stage (its sandwich of
+        trees, teacher and solo streams: :func:`dymu.supernet.sandwich_blocks_per_image`); None without the stage."""
+        record = self.stages.get("supernet")
+        if record is None:
+            return None
+        config = SupernetConfig(**record["config"])
+        return sandwich_blocks_per_image(config, self.cost_table, self._affinity_matrix())
+
     def supernet_requests(self) -> list[tuple[np.ndarray, float]]:
         """The ``(preference, budget)`` requests the supernet stage is selected on: the preferences of
         :meth:`validation_requests` at the minimum budget, a quarter and 60% of the way to 1, and 1."""
@@ -536,8 +545,8 @@ class Controller:
         return result
 
     def choose_search(self, batches: list, known: Mapping[str, float] | None = None) -> dict[str, Any]:
-        """Keep the planner's budget search (``"hypernet"``, ``"merge"``, or ``"measured"`` and ``"fill"`` when
-        :attr:`path_losses` are measured; :mod:`dymu.planner`) that scores lower on :meth:`validation_requests`
+        """Keep the planner's budget search (``"hypernet"``, ``"merge"``, and ``"measured"``, ``"fill"`` and ``"family"``
+        when :attr:`path_losses` are measured; :mod:`dymu.planner`) that scores lower on :meth:`validation_requests`
         over ``batches`` (ties keep the hypernet, then the merge). ``known``: scores already measured on
         these batches (stage 1's best is the hypernet's). Scores are averaged over ranks, so every rank
         keeps the same search. Returns the scores and the choice; :attr:`search` holds it."""

@@ -24,7 +24,7 @@ from affinity.branching import branching_sequence
 
 from .budget import CostTable
 
-__all__ = ["consistent_streams", "affinity_family"]
+__all__ = ["consistent_streams", "affinity_family", "family_tree"]
 
 Assignment = tuple[tuple[int, ...], ...]
 
@@ -65,3 +65,10 @@ def affinity_family(table: CostTable, affinity: np.ndarray) -> list[tuple[Assign
         rows = consistent_streams(tree.assignment, aff)
         family.append((rows, table.tree_flops(rows)))
     return sorted(family, key=lambda item: item[1])
+
+
+def family_tree(family: Sequence[tuple[Assignment, int]], max_flops: float) -> Assignment:
+    """The costliest tree of ``family`` (:func:`affinity_family`) of at most ``max_flops``; its cheapest tree when none
+    fits (the caller checks the budget's reach)."""
+    fitting = [rows for rows, flops in family if flops <= max_flops]
+    return fitting[-1] if fitting else family[0][0]

@@ -16,7 +16,7 @@ Two control modes, fixed when the edge hypernet is trained (:class:`dymu.EdgeCon
 * ``"paper"``: the hypernet's input is the paper's resource preference ``c``; a budget is met by the
   least frugal ``c`` of a 21-point grid whose tree fits.
 
-Four searches for a budget in budget mode (``search``), chosen on validation after stage 1
+Five searches for a budget in budget mode (``search``), chosen on validation after stage 1
 (:meth:`dymu.Controller.fit_edge`):
 
 * ``"hypernet"``: the edge hypernet's trees over the pressure grid, as above.
@@ -32,6 +32,10 @@ Four searches for a budget in budget mode (``search``), chosen on validation aft
 * ``"fill"`` ([choice] beyond the paper): the measured search, then what the budget still leaves is spent on
   the splits that measure best per FLOP (:func:`dymu.budget.fill_budget`): the last merge of a search from
   above often frees far more than the budget needed.
+* ``"family"`` ([choice] beyond the paper): the fill search's tree, or the nested static affinity tree of the
+  budget (:func:`dymu.family.family_tree`, the trees a supernet stage with ``tree_family="affinity"`` trains)
+  filled the same way, whichever the measured path losses price lower for the preference: a greedy merge
+  from the anchor need not find the trees the streams were trained as.
 """
 
 from __future__ import annotations
@@ -47,17 +51,18 @@ import torch
 from affinity.tree import Tree
 from hyper import EdgeHypernet, budget_pressure, most_likely_parents
 
-from .budget import CostTable, merged_anchor, shrink_to_budget
+from .budget import CostTable, fill_budget, merged_anchor, priced_rise, shrink_to_budget
+from .family import affinity_family, family_tree
 from .path_losses import PathLosses
 
 __all__ = ["BuildPlan", "Planner", "CONTROL_MODES", "SEARCHES", "MEASURED_SEARCHES"]
 
 CONTROL_MODES = ("budget", "paper")
-SEARCHES = ("hypernet", "merge", "measured", "fill")
+SEARCHES = ("hypernet", "merge", "measured", "fill", "family")
 #: the searches that merge branches from the anchor tree
-MERGE_SEARCHES = ("merge", "measured", "fill")
+MERGE_SEARCHES = ("merge", "measured", "fill", "family")
 #: the searches that price trees on the measured path losses
-MEASURED_SEARCHES = ("measured", "fill")
+MEASURED_SEARCHES = ("measured", "fill", "family")
 
 #: resource inputs tried, least frugal first: the paper's 21-point c grid; 41 budget pressures
 GRID_POINTS = 21
@@ -76,7 +81,7 @@ class BuildPlan:
         flops, params: per-image cost of the tree, from the cost table.
         fallback: True when no proposal fitted and branches were merged after the hypernet.
         mode: ``"budget"`` or ``"paper"``.
-        search: ``"hypernet"``, ``"merge"``, ``"measured"`` or ``"fill"``: what decided the tree (see the module docstring).
+        search: one of :data:`SEARCHES`: what decided the tree (see the module docstring).
     """
 
     tree: Tree
@@ -119,7 +124,7 @@ class Planner:
         affinity: ``[N, N]`` task affinity for the fallback merge (None: all tasks alike).
         mode: ``"budget"`` or ``"paper"`` (see the module docstring).
         search: one of :data:`SEARCHES`: how a budget is met in budget mode (module docstring).
-        path_losses: the measured per-path losses the ``"measured"`` and ``"fill"`` searches need.
+        path_losses: the measured per-path losses the searches of :data:`MEASURED_SEARCHES` need.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class Planner:
         self.task_names = list(task_names)
         n = len(self.task_names)
         self.affinity = np.ones((n, n)) if affinity is None else np.asarray(affinity, dtype=float)
+        self._family: list | None = None
 
     def check_budget_reachable(self, budget: float) -> None:
         """Raise ``ValueError`` giving the minimum when ``budget`` is below the cheapest tree."""
@@ -209,7 +215,9 @@ class Planner:
     def _merge_plan(self, preference: np.ndarray, budget: float) -> BuildPlan:
         table = self.table
         measured = self.path_losses if self.search in MEASURED_SEARCHES else None
-        assignment = merged_anchor(table, budget, preference, self.affinity, measured, fill=self.search == "fill")
+        assignment = merged_anchor(table, budget, preference, self.affinity, measured, fill=self.search in ("fill", "family"))
+        if self.search == "family":
+            assignment = self._family_or(assignment, preference, budget)
         return BuildPlan(
             tree=Tree(self.task_names, assignment),
             preference=tuple(float(v) for v in preference),
@@ -221,3 +229,16 @@ class Planner:
             mode=self.mode,
             search=self.search,
         )
+
+    def _family_or(self, filled: tuple[tuple[int, ...], ...], preference: np.ndarray, budget: float) -> tuple[tuple[int, ...], ...]:
+        """The family search: ``filled`` (the fill search's tree) or the filled family tree of ``budget``, the one
+        the path losses price lower (ties keep ``filled``)."""
+        if self._family is None:
+            self._family = affinity_family(self.table, self.affinity)
+        allowed = budget * self.table.anchor_flops
+        start = fill_budget(family_tree(self._family, allowed), allowed, self.table, preference, self.path_losses)
+        candidate = tuple(tuple(row) for row in start)
+        assert self.path_losses is not None  # checked in __init__
+        if priced_rise(candidate, preference, self.path_losses) < priced_rise(filled, preference, self.path_losses):
+            return candidate
+        return filled

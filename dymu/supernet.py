@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from .anchor import AnchorNet, frozen_batchnorm_statistics, run_tree
 from .budget import CostTable, merged_anchor
 from .distributed import rank_world
-from .family import affinity_family
+from .family import affinity_family, family_tree
 from .progress import quiet_from_env
 from .loop import Batch, KeepBest, Part, StepInfo, TrainLoop
 from .resume import Checkpointing
@@ -54,7 +54,7 @@ from .tasks import Task
 from .training import _Precision, evaluate_streams, stream_parts, streams_step
 
 __all__ = ["SupernetConfig", "FeatureAdaptors", "distillation_loss", "SandwichTrees", "tree_features", "train_supernet",
-           "frozen_copy"]
+           "frozen_copy", "tree_blocks", "sandwich_blocks_per_image"]
 
 Assignment = tuple[tuple[int, ...], ...]
 
@@ -135,9 +135,7 @@ class SandwichTrees:
 
     def family_tree(self, budget: float) -> Assignment:
         """The costliest tree of the affinity family within ``budget`` (a fraction of the anchor's FLOPs)."""
-        allowed = budget * self.table.anchor_flops
-        fitting = [rows for rows, flops in self.family if flops <= allowed]
-        return fitting[-1] if fitting else self.family[0][0]
+        return family_tree(self.family, budget * self.table.anchor_flops)
 
     def anchor_tree(self) -> Assignment:
         return tuple(tuple(range(self.table.n_tasks)) for _ in range(self.table.n_layers))
@@ -158,6 +156,37 @@ class SandwichTrees:
             tree = self.family_tree(budget) if self.family is not None else merged_anchor(self.table, budget, r, self.affinity)
             trees.append((tree, r))
         return trees
+
+
+def tree_blocks(assignment: Sequence[Sequence[int]]) -> int:
+    """The blocks one image runs through a tree: its distinct ``(layer, stream)`` nodes, shared ones once.
+
+    >>> tree_blocks([[0, 0, 2], [0, 1, 2]])   # tasks 0 and 1 share the first block of stream 0
+    5
+    """
+    return sum(len(set(row)) for row in assignment)
+
+
+def sandwich_blocks_per_image(config: SupernetConfig, table: CostTable, affinity: np.ndarray | None) -> float:
+    """The mean number of backbone blocks one training image runs forward per step of :func:`train_supernet`
+    with ``config``: every tree of the step's sandwich (:func:`tree_blocks`), the frozen teacher's ``N x L``
+    with feature distillation, the solo streams' ``N x L`` with ``config.solo``.
+
+    Replays the stage's tree draws (they come from ``config.seed`` alone), so it is what the stage ran, also for
+    a controller trained before this count existed. The training-budget table of the benchmarks reports it.
+
+    >>> table = CostTable(block_flops=(10, 10), block_params=(1, 1), head_flops=(1, 1), head_params=(1, 1), input_shape=(1, 4, 4))
+    >>> blocks = sandwich_blocks_per_image(SupernetConfig(steps=10, budget_trees=0, distill="none", seed=0), table, None)
+    >>> blocks   # the anchor tree (4 blocks) and a one-stream tree (2) at every step
+    6.0
+    """
+    seed = 0 if config.seed is None else int(config.seed)
+    trees = SandwichTrees(table, affinity, config.budget_trees, config.dirichlet_alpha, np.random.default_rng(seed),
+                          config.tree_family, config.family_one_stream)
+    streams = table.n_tasks * table.n_layers
+    extra = streams * ((config.distill == "features" and config.distill_weight > 0) + bool(config.solo))
+    total = sum(sum(tree_blocks(assignment) for assignment, _ in trees.draw()) for _ in range(config.steps))
+    return total / config.steps + extra if config.steps else 0.0
 
 
 @torch.no_grad()

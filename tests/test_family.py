@@ -102,3 +102,36 @@ def test_the_supernet_stage_trains_on_the_affinity_family():
     after = ctrl.anchor.state_dict()
     assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before if before[k].is_floating_point())
     assert ctrl.stages["supernet"]["config"]["tree_family"] == "affinity"
+
+
+def test_the_family_search_keeps_the_budget_and_prices_no_higher_than_fill_and_sometimes_lower():
+    from hyper import EdgeHypernet
+    from dymu.budget import priced_rise
+    from dymu.planner import Planner
+    from test_fill import N_LAYERS, N_TASKS, _random_losses
+    from test_fill import TABLE as FILL_TABLE
+
+    names = [f"t{k}" for k in range(N_TASKS)]
+    lower = 0
+    for seed in range(5):
+        losses = _random_losses(seed, solo=seed % 2 == 0)
+        edge = EdgeHypernet(N_TASKS, N_LAYERS)
+        planners = {s: Planner(edge, FILL_TABLE, names, AFFINITY, "budget", s, losses) for s in ("fill", "family")}
+        rng = np.random.default_rng(seed)
+        for _ in range(20):
+            preference, budget = rng.dirichlet(np.ones(N_TASKS)), float(rng.uniform(FILL_TABLE.min_budget, 1.0))
+            plans = {s: p.plan(preference, budget) for s, p in planners.items()}
+            assert plans["family"].search == "family" and not plans["family"].fallback
+            assert plans["family"].flops <= budget * FILL_TABLE.anchor_flops
+            price = {s: priced_rise(plan.tree.assignment, preference, losses) for s, plan in plans.items()}
+            assert price["family"] <= price["fill"] + 1e-12
+            lower += price["family"] < price["fill"] - 1e-12
+        assert planners["family"].plan(np.full(N_TASKS, 0.25), 1.0).tree == Tree.independent(names, N_LAYERS)
+    assert lower > 0  # a greedy merge from the anchor misses some family trees the path table prices lower
+
+
+def test_the_family_search_needs_measured_losses():
+    from dymu.planner import Planner
+    from hyper import EdgeHypernet
+    with pytest.raises(ValueError, match="'family' search needs measured path losses"):
+        Planner(EdgeHypernet(4, 3), TABLE, NAMES, AFFINITY, "budget", "family")

@@ -120,7 +120,7 @@ def test_stage1_measures_the_paths_on_examples_the_score_does_not_read_and_the_c
     expected = measure_path_losses(ctrl.anchor, ctrl.tasks, [val[1], (val[2][0][:4], {n: t[:4] for n, t in val[2][1].items()})],
                                    torch.device("cpu"))
     np.testing.assert_allclose(ctrl.path_losses.losses, expected.losses, rtol=1e-6)
-    assert set(ctrl.stages["edge"]["search"]["scores"]) == {"hypernet", "merge", "measured", "fill"}
+    assert set(ctrl.stages["edge"]["search"]["scores"]) == {"hypernet", "merge", "measured", "fill", "family"}
     assert ctrl.stages["edge"]["warm_start"]["steps"] == 5
     ctrl.search = "measured"
     ctrl._invalidate()

@@ -7,9 +7,11 @@ import json
 
 import pytest
 
+import dymu
 from benchmarks import split
 from benchmarks.methods import StepBudget
-from dymu.data import write_synthetic_sources
+from benchmarks.config import make_config
+from dymu.data import build_benchmark, write_synthetic_sources
 
 
 def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
@@ -40,6 +42,13 @@ def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
                and all(v is not None and v > 0.3 for v in c["controllability_mid_per_task"])]
     assert results["chosen"] == max(cleared or scored, key=lambda c: c["score"])["candidate"]
     assert "chosen" in split.format_table(results)
+    config = make_config("multifashion", "quick", seeds=[0], data_root=str(root))
+    tasks = build_benchmark("multifashion", config.data_seed, config.limit, config.data_root).tasks()
+    for index, c in enumerate(scored):  # each candidate's controller is kept, to look inside without training it again
+        saved = dymu.load(c["controller"], tasks=tasks)
+        assert c["controller"] == str(split.candidate_path(out, index)) and "edge" in saved.stages
+        assert ("supernet" in saved.stages) == (c["candidate"]["supernet"] > 0)
+        assert saved.search == c["search"]["chosen"]
 
     # the candidates must spend exactly the steps stage 0 leaves (total 6 - 2)
     with pytest.raises(ValueError, match="leaves 4 steps after stage 0"):

@@ -194,3 +194,30 @@ def test_the_anchor_weight_must_be_positive():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="anchor_weight"):
             dymu.SupernetConfig(anchor_weight=bad)
+
+
+@pytest.mark.parametrize("family, solo, distill", [("merge", True, "features"), ("affinity", False, "none")])
+def test_the_counted_blocks_per_image_are_the_blocks_the_stage_ran(family, solo, distill):
+    # the training-budget table reports this count; hooks on every block (copied into the teacher and the solo
+    # streams with them) count what the stage actually ran forward
+    ctrl, data = _trained(anchor_steps=1)
+    ran = [0]
+
+    def count(module, inputs, output):
+        ran[0] += inputs[0].shape[0]
+
+    for stream in ctrl.anchor.streams:
+        for block in stream.blocks:
+            block.register_forward_hook(count)
+    steps, images = 5, data[0][0].shape[0]
+    config = dymu.SupernetConfig(steps=steps, budget_trees=2, tree_family=family, solo=solo, distill=distill)
+    ctrl.fit_supernet(data, None, config=config, verbose=False)
+    counted = ctrl.supernet_blocks_per_image()
+    assert counted == pytest.approx(ran[0] / (steps * images))
+    n_streams = ctrl.cost_table.n_tasks * ctrl.n_layers
+    assert counted > n_streams + ctrl.n_layers  # more than the anchor tree and a one-stream tree alone
+
+
+def test_no_supernet_stage_no_count():
+    ctrl, _ = _trained(anchor_steps=1)
+    assert ctrl.supernet_blocks_per_image() is None

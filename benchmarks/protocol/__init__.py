@@ -74,7 +74,9 @@ Metrics per setting (:func:`summarise`)
 Training budget (:func:`allocation`, :func:`training_totals`)
     :data:`TRAINING_BUDGET_RULE`: every method's training, counting what it depends on, sees
     ``StepBudget.total x batch_size`` training images (each per-preference or per-budget model alone).
-    Per method and seed the results record its steps, training images and image-block passes.
+    Per method and seed the results record its steps, training images and image-block passes
+    (:data:`BLOCK_PASSES_RULE`: every block an image runs forward, the supernet stage's sandwich of trees
+    and the distilled trunk's teachers included).
 
 Seeds (:func:`aggregate`)
     Every number above is computed per seed, then reported as its mean and standard deviation over
@@ -128,7 +130,7 @@ from .requests import (
 )
 from .summary import METRICS, aggregate, controllability_scores, preference_losses, summarise
 from .targets import check_control_targets, check_shared_node_targets, check_targets, cost_band_met
-from .training_budget import TRAINING_BUDGET_RULE, Allocation, Part, allocation, training_totals
+from .training_budget import BLOCK_PASSES_RULE, TRAINING_BUDGET_RULE, Allocation, Part, allocation, training_totals
 
 # The package exports exactly what its modules export: each name is listed once, in its own module.
 _MODULES = (_requests, _loss_space, _records, _cost, _equal_cost, _summary, _targets, _report, _training_budget)

@@ -151,6 +151,11 @@ def _training_cells(totals: dict[str, Any] | None) -> list[str]:
             _pm(totals["block_passes"], ".1f", 1e-6)]
 
 
+#: what results files written before :data:`~benchmarks.protocol.BLOCK_PASSES_RULE` counted
+_OLD_BLOCK_PASSES = ("training images × backbone blocks run per image, over all its models (computed; the controller's "
+                     "weight stage counted at every stream, an upper bound; the supernet stage counted as every stream once)")
+
+
 def _training_budget_lines(results: dict[str, Any]) -> list[str]:
     """The training budget rule the run followed, and the methods below it by construction."""
     budget = results.get("training_budget")
@@ -160,8 +165,7 @@ def _training_budget_lines(results: dict[str, Any]) -> list[str]:
              if row.get("training_totals") and row["training_totals"].get("equal_budget") is False]
     lines = ["", f"Training budget: {budget['rule']} ({budget['steps']} steps, {budget['images']} images). "
                  "train steps / images: one model's training, the parts it reuses included (× the models it trains); "
-                 "block passes: training images × backbone blocks run per image, over all its models (computed; the "
-                 "controller's weight stage counted at every stream, an upper bound)."]
+                 f"block passes: {budget.get('block_passes', _OLD_BLOCK_PASSES)}."]
     if below:
         lines.append(f"Below the budget by construction (variants of the trained controller): {', '.join(below)}.")
     return lines

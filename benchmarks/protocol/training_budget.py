@@ -6,8 +6,9 @@ sees ``StepBudget.total x batch_size`` training images: as many as the controlle
 method that trains one model per request kind (hard sharing: one per preference; the static trees at equal
 cost: one per budget) gives each of those models that budget, since each model alone answers its requests.
 Steps of equal batch size are the unit, not wall time or FLOPs: a step of a static tree runs fewer blocks
-than a step of the anchor's streams, so the image-block passes are recorded beside the images as a compute
-indicator.
+than a step of the anchor's streams, and a step of the supernet stage runs several trees, so the image-block
+passes (every block an image runs forward, with or without gradient) are recorded beside the images as a
+compute indicator.
 
 :func:`allocation` says what a method is allowed, :func:`training_totals` what it used.
 
@@ -26,16 +27,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-__all__ = ["TRAINING_BUDGET_RULE", "Part", "Allocation", "allocation", "training_totals"]
+__all__ = ["TRAINING_BUDGET_RULE", "BLOCK_PASSES_RULE", "Part", "Allocation", "allocation", "training_totals"]
 
 TRAINING_BUDGET_RULE = (
     "equal training images: every method's training, counting everything it depends on (the controller's "
     "stage-0 streams its variants start from, the streams single_task continues), sees StepBudget.total x "
     "batch_size training images; a method with one model per preference or budget gives each model that budget"
 )
+#: how ``block_passes`` counts (results files say it beside the rule; files without it counted the supernet stage
+#: and the distilled trunk's teachers as ``N x L`` and ``0`` blocks)
+BLOCK_PASSES_RULE = (
+    "training images x backbone blocks run forward per image, over all its models (computed from what each part "
+    "runs: the supernet stage's sandwich of trees, its teacher and solo streams replayed from its seed, the "
+    "distilled trunk's teachers; the controller's weight stage counted at every stream, an upper bound)"
+)
 #: what one training step runs per image: every stream of the anchor (``N x L`` blocks), one backbone
-#: (``L``: hard sharing, PHN's target net), or the nodes of a static tree
-BlockKind = Literal["streams", "backbone", "tree"]
+#: (``L``: hard sharing, PHN's target net), the nodes of a static tree, one backbone and its frozen teachers
+#: (``L + N x L``: the distilled trunk), or the supernet stage's sandwich of trees (measured per run: its trees
+#: vary by step, see :func:`dymu.supernet.sandwich_blocks_per_image`)
+BlockKind = Literal["streams", "backbone", "tree", "trunk_and_teachers", "sandwich"]
 
 
 class _Budget(Protocol):
@@ -111,7 +121,8 @@ def allocation(method: str, steps: _Budget, *, ablation_weight_hypernet: bool = 
 
     def controller(*names: str, shared: Sequence[str] = ()) -> tuple[Part, ...]:
         # parts of zero steps (no supernet stage) are left out: they ran nothing
-        return tuple(Part(n, stage[n], "streams", n in shared) for n in names if stage[n] > 0)
+        return tuple(Part(n, stage[n], "sandwich" if n == "supernet" else "streams", n in shared)
+                     for n in names if stage[n] > 0)
 
     if method == "dymu":
         parts = controller(*_CONTROLLER_STAGES)
@@ -129,7 +140,8 @@ def allocation(method: str, steps: _Budget, *, ablation_weight_hypernet: bool = 
         )
     elif method == "distilled_trunk":
         # its teachers are the controller's stage-0 streams; the trunk trains for the rest
-        parts = (Part("anchor", steps.anchor, "streams", True), Part("training", total - steps.anchor, "backbone"))
+        parts = (Part("anchor", steps.anchor, "streams", True),
+                 Part("training", total - steps.anchor, "trunk_and_teachers"))
     elif method == "cross_stitch":
         parts = (Part("training", total, "streams"),)
     elif method in ("phn", "phn_bn", "hard_sharing"):
@@ -143,6 +155,7 @@ def allocation(method: str, steps: _Budget, *, ablation_weight_hypernet: bool = 
 
 def training_totals(
     alloc: Allocation, *, n_tasks: int, n_layers: int, models: int = 1, tree_nodes: Sequence[int] | None = None,
+    sandwich_blocks: float | None = None,
 ) -> dict[str, Any]:
     """What a method's training amounted to (the per-seed ``training_totals`` entry of a results file).
 
@@ -151,16 +164,25 @@ def training_totals(
         n_tasks, n_layers: N and the backbone's blocks L.
         models: how many models it trained with these steps (hard sharing: one per trained preference).
         tree_nodes: for static trees, each model's node count (blocks per image); its length sets ``models``.
+        sandwich_blocks: for a controller with a supernet stage, the mean blocks one image ran forward per
+            step of that stage (:meth:`dymu.Controller.supernet_blocks_per_image`).
 
     Returns:
         ``steps`` and ``images`` one model's training sees (shared parts included), ``models``, ``steps_all``
-        and ``images_all`` over its models, ``block_passes`` (images x backbone blocks a step runs, summed
-        over parts and models: computed, not measured; the controller's weight stage runs only each step's
-        tree, counted as all ``N x L`` blocks, an upper bound), ``budget_steps`` / ``budget_images`` (the
-        rule's), ``equal_budget`` (its steps are the rule's), and per part its steps and blocks per image.
+        and ``images_all`` over its models, ``block_passes`` (images x backbone blocks a step runs forward,
+        summed over parts and models: computed from what each part runs, not timed; the controller's weight
+        stage runs only each step's tree, counted as all ``N x L`` blocks, an upper bound), ``budget_steps`` /
+        ``budget_images`` (the rule's), ``equal_budget`` (its steps are the rule's), and per part its steps and
+        blocks per image.
 
     Raises:
-        ValueError: a tree method without ``tree_nodes``.
+        ValueError: a tree method without ``tree_nodes``; a supernet part without ``sandwich_blocks``.
+
+    >>> from benchmarks.methods import StepBudget
+    >>> steps = StepBudget(anchor=600, supernet=300, edge=100, weights=50, batch_size=10)
+    >>> totals = training_totals(allocation("dymu", steps), n_tasks=2, n_layers=4, sandwich_blocks=13.5)
+    >>> totals["parts"]["supernet"]["blocks_per_image"], totals["block_passes"] == 10 * (750 * 8 + 300 * 13.5)
+    (13.5, True)
     """
     if any(p.blocks == "tree" for p in alloc.parts):
         if not tree_nodes:
@@ -168,9 +190,15 @@ def training_totals(
         per_model_blocks = [int(n) for n in tree_nodes]
     else:
         per_model_blocks = [0] * models  # unused: the blocks of a stream or backbone do not vary by model
+    if any(p.blocks == "sandwich" for p in alloc.parts) and sandwich_blocks is None:
+        raise ValueError(f"{alloc.method}: the block passes of a supernet stage need its blocks per image "
+                         "(Controller.supernet_blocks_per_image)")
     n_models = len(per_model_blocks)
-    blocks_of = {"streams": n_tasks * n_layers, "backbone": n_layers}
-    passes = 0
+    blocks_of: dict[str, float] = {"streams": n_tasks * n_layers, "backbone": n_layers,
+                                   "trunk_and_teachers": n_layers + n_tasks * n_layers}
+    if sandwich_blocks is not None:
+        blocks_of["sandwich"] = float(sandwich_blocks)
+    passes = 0.0
     for nodes in per_model_blocks:
         for p in alloc.parts:
             passes += p.steps * alloc.batch_size * (nodes if p.blocks == "tree" else blocks_of[p.blocks])
@@ -180,7 +208,7 @@ def training_totals(
         "models": n_models,
         "steps_all": alloc.steps * n_models,
         "images_all": alloc.steps * alloc.batch_size * n_models,
-        "block_passes": passes,
+        "block_passes": int(round(passes)),
         "budget_steps": alloc.budget_steps,
         "budget_images": alloc.budget_steps * alloc.batch_size,
         "equal_budget": alloc.steps == alloc.budget_steps,
