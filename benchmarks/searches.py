@@ -90,10 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, s, rise in foreign_rises(ctrl.path_losses):
             print(f"  {names[k]:>14s} on {names[s]}'s stream: {rise:+.1%}")
     _, val, _ = run_loaders(bench, config, args.seed)
-    known = ((ctrl.stages.get("edge") or {}).get("search") or {}).get("scores")
+    recorded = (ctrl.stages.get("edge") or {}).get("search") or {}
+    known, trained_with = recorded.get("scores"), recorded.get("chosen")
     chosen = ctrl.choose_search(ctrl._validation_batches(val, 512), known)
     print("validation scores of the searches (lower is better): "
           + ", ".join(f"{s} {v:.4f}" for s, v in chosen["scores"].items()) + f"; chosen: {chosen['chosen']}")
+    weights = (ctrl.stages.get("weights") or {}).get("selection") or {}
+    if weights.get("best_score") is not None and known and trained_with in known:
+        print(f"weight hypernet (stage 2, validation score of the trees it adapts): {known[trained_with]:.4f} unadapted "
+              f"({trained_with} search) -> {weights['best_score']:.4f} adapted, kept at step {weights['best_step']}")
     prefs = protocol.cost_preferences(len(names))
     budgets = list(protocol.COST_BUDGETS)
     for search in chosen["scores"]:

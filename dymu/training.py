@@ -237,17 +237,18 @@ class _HypernetStage:
 
     def run(self, stage: str, tasks: Sequence[Task], train: Iterable[Batch], step: Step, select: Callable[[], float] | None,
             frozen: Mapping[str, torch.nn.Module], checkpointing: Checkpointing | None, verbose: bool,
-            score_start: bool = False) -> dict[str, Any]:
+            score_start: str | None = None) -> dict[str, Any]:
         config = self.config
         keep = KeepBest.lowest(self.hypernet)
         validate = self._validate(select)
-        if score_start and validate is not None:
-            # the starting state (a warm start) is a candidate: training that never beats it on validation changes nothing
+        if score_start is not None and validate is not None:
+            # the starting state (``score_start`` names it) is a candidate: training that never beats it on
+            # validation changes nothing
             with scoring_mode(self.anchor, config.bn_stats == "batch"):
                 start = validate(0)
             keep.offer(start, 0)
             if verbose and not quiet_from_env():
-                sys.stderr.write(f"[{stage}] val score {start['score']:.4f} before training (the warm start)\n")
+                sys.stderr.write(f"[{stage}] val score {start['score']:.4f} before training ({score_start})\n")
         loop = TrainLoop(
             stage, config.steps, self.device, tasks,
             state=_training_state(self.name, self.hypernet, self.optimizer, self.scheduler, self.precision),
@@ -336,7 +337,8 @@ def train_edge(
         hyper.update()
         return {"task_loss": task_total, "regulariser": extra_total, "expected_cost": cost_total, "tau": tau}
 
-    return hyper.run("edge", tasks, train, step, select, {"anchor": anchor}, checkpointing, verbose, score_start)
+    return hyper.run("edge", tasks, train, step, select, {"anchor": anchor}, checkpointing, verbose,
+                     "the warm start" if score_start else None)
 
 
 # --------------------------------------------------------------------------------- stage 2
@@ -359,7 +361,7 @@ def train_weights(
 
     Only the nodes of each step's tree run; the nodes and heads that sharing touches (``config.scope``)
     get the hypernet's adaptations for the request and the tree (:mod:`dymu.adaptation`). ``select()``
-    and ``checkpointing`` as in :func:`train_edge`.
+    and ``checkpointing`` as in :func:`train_edge`; the starting state (step 0) is always a candidate of the selection.
     """
     edge.to(device).requires_grad_(False).eval()
     hyper = _HypernetStage("weight", weight, anchor, config, device, gumbel_stride=104729)
@@ -394,4 +396,7 @@ def train_weights(
         hyper.update()
         return {"loss": total}
 
-    return hyper.run("weights", tasks, train, step, select, {"anchor": anchor, "edge": edge}, checkpointing, verbose)
+    # [choice] its output layers start at zero, so step 0 is the unadapted trees: a hypernet that never beats them on
+    # validation is kept at zero and adapts nothing (on fashion_digits 25 steps scored 0.8268 against 0.8243 unadapted)
+    return hyper.run("weights", tasks, train, step, select, {"anchor": anchor, "edge": edge}, checkpointing, verbose,
+                     score_start="the starting hypernet; fresh, its zero outputs leave the trees unadapted")

@@ -108,3 +108,27 @@ def test_the_seed_controls_everything_whatever_was_drawn_before():
         assert all(torch.equal(a[k], b[k]) for k in a), module
     a, c = first.anchor.state_dict(), other.anchor.state_dict()
     assert not all(torch.equal(a[k], c[k]) for k in a), "another seed should give other weights"
+
+
+def test_a_weight_hypernet_that_never_beats_the_unadapted_trees_on_validation_adapts_nothing():
+    torch.manual_seed(0)
+    ctrl = dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(3), seed=0)
+    data = tiny_batches(3, n_batches=2)
+    val = tiny_batches(3, n_batches=1, seed=5)
+    ctrl.fit_anchor(data, data, config=dymu.AnchorConfig(steps=6, eval_every=3), verbose=False)
+    ctrl.fit_affinity(data, n_samples=32)
+    ctrl.fit_edge(data, config=dymu.EdgeConfig(steps=2), verbose=False)
+    batches = ctrl._validation_batches(val, 512)
+    unadapted = ctrl._validation_score(batches, adapted=False)
+    # a learning rate that wrecks every adaptation it makes
+    ctrl.fit_weights(data, val, config=dymu.WeightConfig(steps=4, eval_every=2, lr=2.0), verbose=False)
+    selection = ctrl.stages["weights"]["selection"]
+    assert [h["step"] for h in selection["history"]] == [2, 4]
+    assert min(h["score"] for h in selection["history"]) > unadapted   # training only made it worse...
+    assert selection["best_step"] == 0                                 # ...so the starting, zero-output state is kept
+    assert ctrl._validation_score(batches, adapted=True) == pytest.approx(unadapted, rel=1e-6)
+    x = val[0][0]
+    model = ctrl.build_model([0.6, 0.3, 0.1], budget=0.7).eval()
+    plain = ctrl.build_model([0.6, 0.3, 0.1], budget=0.7, use_weight_hypernet=False).eval()
+    with torch.no_grad():
+        assert all(torch.allclose(model(x)[k], plain(x)[k], atol=1e-6) for k in ctrl.task_names)
