@@ -179,8 +179,11 @@ class BenchmarkRun:
                      + ", ".join(f"{n} {v:.4g}" for n, v in zip(self.names, self.blind)))
         if self.resume:
             self.restore()
-        if self.baselines_from is not None and not any(self.entries[name] for name in config.methods):
-            self.take_baselines(self.baselines_from)
+        if self.baselines_from is not None:
+            if not any(self.entries[name] for name in config.methods):
+                self.take_baselines(self.baselines_from)
+            else:  # a resumed run: what the other file finished since, or finished instead of this one
+                self.take_missing(self.baselines_from)
         self.measure()
         todo = [(seed, name) for seed in config.seeds for name in config.methods if seed not in self.entries[name]]
         self.clock = RunClock([(seed, name, self.est[name]) for seed, name in todo], self.stream)
@@ -289,6 +292,37 @@ class BenchmarkRun:
             self.summarise(seed)
         self.say(f"--baselines-from: took {len(kept)} (seed, method) entries from {path} (steps "
                  f"{(old.get('config') or {}).get('steps')}); the controller's methods run again")
+
+    def take_missing(self, path: Path) -> None:
+        """On ``--resume``: take from ``path`` the finished entries this run lacks, of the methods that do not depend on
+        the controller's split after stage 0, for the seeds whose stage-0 streams both runs saved bit for bit equal
+        (two runs of one stage 0 share the work: each finishes some baselines, one takes the other's)."""
+        config = self.config
+        old = partial.read_baselines(path, config, self.bench.checksum)
+        entries = partial.finished_entries(old, config.methods)
+        kept: list[list[Any]] = []
+        for seed in config.seeds:
+            wanted = [name for name in config.methods if name not in partial.AFTER_STAGE0
+                      and seed not in self.entries[name] and seed in entries.get(name, {})]
+            if not wanted:
+                continue
+            mine, theirs = partial.teacher_path(config, seed), partial.teacher_file(path, seed)
+            if not (mine.exists() and theirs.exists()):
+                raise FileNotFoundError(f"--baselines-from: seed {seed}'s stage-0 streams are needed at {mine} and "
+                                        f"{theirs} to take {wanted} from {path}")
+            stage0 = torch.load(mine, map_location="cpu", weights_only=True)
+            other = torch.load(theirs, map_location="cpu", weights_only=True)
+            if set(stage0) != set(other) or not all(torch.equal(stage0[k], other[k]) for k in stage0):
+                raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from {theirs}: its baselines "
+                                 "were trained from other streams")
+            for name in wanted:
+                self.entries[name][seed] = entries[name][seed]
+                kept.append([seed, name])
+            self.summarise(seed)
+        if kept:
+            self.resumed.append({"at": _now(), "git": self.git, "kept": kept, "baselines_from": str(path),
+                                 "their_steps": (old.get("config") or {}).get("steps"), "their_git": old.get("git")})
+        self.say(f"--baselines-from: took {len(kept)} more (seed, method) entries from {path}")
 
     def check_stage0(self, method: ControllerMethod, seed: int) -> None:
         """With baselines from another file: the streams this run's stage 0 trained must be the ones that file's

@@ -158,3 +158,42 @@ def test_a_method_trains_on_the_same_batches_whichever_methods_ran_before_it(tmp
     assert run.main(_argv(root, after, "--methods", "dymu_paper", "phn")) == 0
     records = [json.loads((out / f"{STEM}.json").read_text())["methods"]["phn"]["records"] for out in (alone, after)]
     assert records[0] == records[1]
+
+
+def test_two_runs_of_one_stage0_share_their_baselines_on_resume(tmp_path, monkeypatch):
+    """``--resume --baselines-from``: a copy of a run finishes another baseline side by side; the first run takes it
+    over instead of training it, and refuses it when the copies' stage-0 streams differ."""
+    import shutil
+
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run.main(_argv(root, first, "--methods", "phn")) == 0
+    shutil.copytree(first, second)
+    assert run.main(_argv(root, second, "--methods", "phn", "hard_sharing", "--resume")) == 0
+    theirs = json.loads((second / f"{STEM}.json").read_text())
+
+    source = str(second / f"{STEM}.json")
+    with monkeypatch.context() as patch:
+        for cls, name in ((ControllerMethod, "dymu"), (SingleTask, "single_task"), (PHN, "phn"), (HardSharing, "hard_sharing")):
+            patch.setattr(cls, "fit", _not_again(name))
+        assert run.main(_argv(root, first, "--methods", "phn", "hard_sharing", "--resume", "--baselines-from", source)) == 0
+    mine = json.loads((first / f"{STEM}.json").read_text())
+    assert mine["complete"] is True and _kept(mine, "hard_sharing") == _kept(theirs, "hard_sharing")
+    assert mine["resumed"][-1]["kept"] == [[0, "hard_sharing"]] and mine["resumed"][-1]["baselines_from"] == source
+    assert f"Taken from {source}" in run.format_markdown(mine)
+
+    # the other copy's stage 0 must be this one's, bit for bit
+    shutil.rmtree(first)
+    shutil.copytree(tmp_path / "second", first)
+    mine_path = first / f"{STEM}.json"
+    data = json.loads(mine_path.read_text())
+    data["methods"].pop("hard_sharing")
+    data["config"]["methods"] = [m for m in data["config"]["methods"] if m != "hard_sharing"]
+    mine_path.write_text(json.dumps(data))
+    teacher = second / f"{STEM}-state" / "seed0-teacher.pt"
+    state = torch.load(teacher, weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key] + 1.0
+    torch.save(state, teacher)
+    with pytest.raises(ValueError, match="stage-0 streams differ"):
+        run.main(_argv(root, first, "--methods", "phn", "hard_sharing", "--resume", "--baselines-from", source))
