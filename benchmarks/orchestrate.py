@@ -532,7 +532,7 @@ class BenchmarkRun:
             "config": config.as_dict(),
             "steps": asdict(config.steps),
             "training_budget": {"rule": protocol.TRAINING_BUDGET_RULE, "steps": budget.total,
-                                "images": budget.total * budget.batch_size, "block_passes": protocol.BLOCK_PASSES_RULE},
+                                "images": budget.total * budget.batch_size},
             "versions": versions(),
             "git": self.git,
             "resumed": self.resumed,

@@ -459,3 +459,18 @@ def test_shared_node_targets_compare_budget1_with_every_baseline_that_ran():
     methods["dymu"]["settings"]["budget=1"]["delta_mtl"] = agg(-0.1)
     assert [t["met"] for t in check_shared_node_targets(methods, "fashion_digits") if "ΔMTL" in t["target"]] == [False]
     assert not any("2.45" in t["target"] for t in check_shared_node_targets(methods, "fashion_digits"))
+
+
+def test_the_training_budget_note_says_how_each_rows_block_passes_were_counted():
+    from benchmarks.protocol import BLOCK_PASSES_RULE
+    from benchmarks.protocol.report import _training_budget_lines
+
+    budget = {"rule": "equal training images", "steps": 10, "images": 100}
+    new = {"training_totals": {"steps": 10, "block_passes": 5, "block_passes_counted": "forward"}}
+    old = {"training_totals": {"steps": 10, "block_passes": 4}}
+    both = " ".join(_training_budget_lines({"training_budget": budget, "methods": {"dymu": old, "phn": new}}))
+    assert BLOCK_PASSES_RULE in both and "Counted before that rule" in both and both.rstrip(".").endswith("dymu")
+    only_old = " ".join(_training_budget_lines({"training_budget": budget, "methods": {"dymu": old}}))
+    assert BLOCK_PASSES_RULE not in only_old and "the supernet stage counted as every stream once" in only_old
+    only_new = " ".join(_training_budget_lines({"training_budget": budget, "methods": {"phn": new}}))
+    assert BLOCK_PASSES_RULE in only_new and "Counted before" not in only_new

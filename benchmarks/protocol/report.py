@@ -20,6 +20,7 @@ import numpy as np
 
 from .loss_space import LossSpace
 from .requests import COST_SEED, HEADLINE_SETTING, PREFERENCE_SEED, Setting
+from .training_budget import BLOCK_PASSES_RULE
 
 __all__ = ["describe", "hv_header", "format_markdown", "format_paper_table"]
 
@@ -163,9 +164,15 @@ def _training_budget_lines(results: dict[str, Any]) -> list[str]:
         return []
     below = [name for name, row in results["methods"].items()
              if row.get("training_totals") and row["training_totals"].get("equal_budget") is False]
+    counted = {name: (row.get("training_totals") or {}).get("block_passes_counted")
+               for name, row in results["methods"].items() if row.get("training_totals")}
+    older = [name for name, how in counted.items() if how != "forward"]
+    rule = _OLD_BLOCK_PASSES if counted and len(older) == len(counted) else BLOCK_PASSES_RULE
     lines = ["", f"Training budget: {budget['rule']} ({budget['steps']} steps, {budget['images']} images). "
                  "train steps / images: one model's training, the parts it reuses included (× the models it trains); "
-                 f"block passes: {budget.get('block_passes', _OLD_BLOCK_PASSES)}."]
+                 f"block passes: {rule}."
+             + (f" Counted before that rule (the supernet stage as every stream once, the distilled trunk's teachers not "
+                f"at all): {', '.join(older)}." if older and rule == BLOCK_PASSES_RULE else "")]
     if below:
         lines.append(f"Below the budget by construction (variants of the trained controller): {', '.join(below)}.")
     return lines

@@ -34,8 +34,8 @@ TRAINING_BUDGET_RULE = (
     "stage-0 streams its variants start from, the streams single_task continues), sees StepBudget.total x "
     "batch_size training images; a method with one model per preference or budget gives each model that budget"
 )
-#: how ``block_passes`` counts (results files say it beside the rule; files without it counted the supernet stage
-#: and the distilled trunk's teachers as ``N x L`` and ``0`` blocks)
+#: how ``block_passes`` counts; totals counted so carry ``"block_passes_counted": "forward"`` (earlier ones counted the
+#: supernet stage as ``N x L`` blocks per image and the distilled trunk's teachers not at all)
 BLOCK_PASSES_RULE = (
     "training images x backbone blocks run forward per image, over all its models (computed from what each part "
     "runs: the supernet stage's sandwich of trees, its teacher and solo streams replayed from its seed, the "
@@ -209,6 +209,7 @@ def training_totals(
         "steps_all": alloc.steps * n_models,
         "images_all": alloc.steps * alloc.batch_size * n_models,
         "block_passes": int(round(passes)),
+        "block_passes_counted": "forward",  # BLOCK_PASSES_RULE; a resumed run keeps older entries' counts as they were
         "budget_steps": alloc.budget_steps,
         "budget_images": alloc.budget_steps * alloc.batch_size,
         "equal_budget": alloc.steps == alloc.budget_steps,
