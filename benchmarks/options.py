@@ -45,7 +45,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["field_help", "add_options", "from_args", "overrides"]
+__all__ = ["field_help", "add_options", "from_args", "overrides", "parse_fields"]
 
 _ENTRY = re.compile(r"^(\s*)([A-Za-z_][\w, ]*):\s*(.*)$")
 
@@ -185,3 +185,39 @@ def overrides(cls: type, args: argparse.Namespace, *, skip: Iterable[str] = ()) 
         for f in dataclasses.fields(cls)
         if f.name not in skipped and not f.metadata.get("cli", {}).get("skip") and getattr(args, f.name, None) is not None
     }
+
+
+def parse_fields(text: str, cls: type) -> dict[str, Any]:
+    """``"KEY=VALUE,KEY=VALUE"`` -> ``{field: value}`` for fields of the dataclass ``cls`` of type bool, int, float or
+    str, each value converted by its field's type.
+
+    >>> import dymu
+    >>> parse_fields("budget_trees=2,solo=true,lr=0.001", dymu.SupernetConfig)
+    {'budget_trees': 2, 'solo': True, 'lr': 0.001}
+
+    Raises:
+        ValueError: a part without ``=``, an unknown field (naming the known ones), a field of another type, or a
+            value its type does not parse.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"{part!r} is not KEY=VALUE")
+        if key not in names:
+            raise ValueError(f"{cls.__name__} has no field {key!r}; its fields are {names}")
+        kind = _unwrap_optional(hints[key])
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{key}={value!r}: expected true or false")
+            out[key] = value.lower() in ("true", "1")
+        elif kind in (int, float, str):
+            try:
+                out[key] = kind(value)
+            except ValueError as error:
+                raise ValueError(f"{key}={value!r}: expected {kind.__name__}") from error
+        else:
+            raise ValueError(f"{cls.__name__}.{key} ({hints[key]}) cannot be set as KEY=VALUE")
+    return out

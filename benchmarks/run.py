@@ -63,11 +63,13 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 from .config import ABLATIONS, ALWAYS, BENCHMARKS, C_ONLY, METHODS, MODES, RunConfig, make_config
 from .estimate import estimate, measure_costs
 from .methods import SingleTask, WithoutWeightHypernet
-from .options import add_options, overrides
+from .options import add_options, overrides, parse_fields
 from .orchestrate import run_benchmark
 from .protocol import format_markdown
 
@@ -90,16 +92,41 @@ def _parser() -> argparse.ArgumentParser:
                         help="take the finished entries of the methods that do not depend on the controller's steps "
                              "after stage 0 from FILE, a run whose config differs only in that split (same stage 0, "
                              "total and batch); the controller's methods run again")
+    parser.add_argument("--supernet-config", metavar="KEY=VALUE,...", default=None,
+                        help="dymu.SupernetConfig fields over the preset's (e.g. budget_trees=2): to rerun a run made "
+                             "under an earlier preset")
+    parser.add_argument("--edge-config", metavar="KEY=VALUE,...", default=None,
+                        help="dymu.EdgeConfig fields over the preset's (e.g. warm_start=merge)")
     # every other option is a RunConfig field; given ones override the preset of the benchmark and mode
     add_options(parser, RunConfig, overrides_only=True)
     return parser
+
+
+def stage_overrides(config: RunConfig, supernet: str | None, edge: str | None) -> RunConfig:
+    """``config`` with the ``KEY=VALUE`` fields of ``supernet`` / ``edge`` set over its preset's stage configs (each
+    checked by building the stage's config).
+
+    >>> config = stage_overrides(make_config("fashion_digits", "full"), "budget_trees=2", None)
+    >>> config.supernet_config["budget_trees"], config.supernet_config["tree_family"]
+    (2, 'affinity')
+    """
+    import dymu
+
+    changes: dict[str, Any] = {}
+    for name, text, cls in (("supernet_config", supernet, dymu.SupernetConfig), ("edge_config", edge, dymu.EdgeConfig)):
+        if text is not None:
+            merged = {**getattr(config, name), **parse_fields(text, cls)}
+            cls(**merged)  # a bad value is refused now, by name, not after stage 0 has trained
+            changes[name] = merged
+    return replace(config, **changes) if changes else config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: run (or estimate) a benchmark and print its markdown table."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    config = make_config(args.benchmark, args.mode, **overrides(RunConfig, args))
+    config = stage_overrides(make_config(args.benchmark, args.mode, **overrides(RunConfig, args)),
+                             args.supernet_config, args.edge_config)
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv)
     results = run_benchmark(config, command=command, estimate_only=args.estimate_only, resume=args.resume,
                             baselines_from=args.baselines_from)

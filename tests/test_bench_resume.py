@@ -34,6 +34,14 @@ def _not_again(name: str):
     return fit
 
 
+def _shift_one_weight(saved_streams) -> None:
+    """Change one weight of the stage-0 streams saved at ``saved_streams``: another stage 0."""
+    state = torch.load(saved_streams, weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key] + 1.0
+    torch.save(state, saved_streams)
+
+
 def _kept(results: dict, name: str) -> str:
     """A method's per-seed entries with their records, as the file holds them."""
     row = results["methods"][name]
@@ -133,10 +141,7 @@ def test_baselines_from_a_run_with_another_controller_split(tmp_path, monkeypatc
                   "--baselines-from", source])
     # stage-0 streams that do not match the saved teacher stop the run before the controller's entry is written
     teacher = first_out / f"{STEM}-state" / "seed0-teacher.pt"
-    state = torch.load(teacher, weights_only=True)
-    key = next(k for k, v in state.items() if v.is_floating_point())
-    state[key] = state[key] + 1.0
-    torch.save(state, teacher)
+    _shift_one_weight(teacher)
     with pytest.raises(ValueError, match="stage-0 streams differ"):
         run.main([*_argv(root, tmp_path / "fourth", *methods, "--supernet-steps", "4"), "--steps", "2", "1", "1",
                   "--baselines-from", source])
@@ -191,9 +196,6 @@ def test_two_runs_of_one_stage0_share_their_baselines_on_resume(tmp_path, monkey
     data["config"]["methods"] = [m for m in data["config"]["methods"] if m != "hard_sharing"]
     mine_path.write_text(json.dumps(data))
     teacher = second / f"{STEM}-state" / "seed0-teacher.pt"
-    state = torch.load(teacher, weights_only=True)
-    key = next(k for k, v in state.items() if v.is_floating_point())
-    state[key] = state[key] + 1.0
-    torch.save(state, teacher)
+    _shift_one_weight(teacher)
     with pytest.raises(ValueError, match="stage-0 streams differ"):
         run.main(_argv(root, first, "--methods", "phn", "hard_sharing", "--resume", "--baselines-from", source))

@@ -162,3 +162,22 @@ def test_reprint_decides_the_targets_again_from_the_file(tiny_run, capsys):
     with pytest.raises(SystemExit):
         reprint.main([str(out / "partial.json")])
     assert "has no summarised results yet" in capsys.readouterr().err
+
+
+def test_stage_configs_over_the_preset_from_the_command_line():
+    from benchmarks.run import _parser, stage_overrides
+    from benchmarks.config import make_config
+
+    args = _parser().parse_args(["fashion_digits", "--full", "--supernet-config", "budget_trees=2,solo=false",
+                                 "--edge-config", "warm_start=merge"])
+    config = stage_overrides(make_config("fashion_digits", "full"), args.supernet_config, args.edge_config)
+    preset = make_config("fashion_digits", "full")
+    assert config.supernet_config == {**preset.supernet_config, "budget_trees": 2, "solo": False}
+    assert config.edge_config == {**preset.edge_config, "warm_start": "merge"}
+    assert config.stem == preset.stem  # the same results file: a rerun of a run made under an earlier preset
+    with pytest.raises(ValueError, match="has no field 'trees'"):
+        stage_overrides(preset, "trees=2", None)
+    with pytest.raises(ValueError, match="budget_trees must be >= 0"):
+        stage_overrides(preset, "budget_trees=-1", None)
+    with pytest.raises(ValueError, match="expected int"):
+        stage_overrides(preset, "budget_trees=two", None)
