@@ -127,6 +127,7 @@ class BenchmarkRun:
         self.single_task: dict[str, Any] = {}
         self.spaces: dict[int, protocol.LossSpace] = {}
         self.resumed: list[dict[str, Any]] = []
+        self.taken_seeds: set[int] = set()  # seeds with entries taken from --baselines-from (their stage 0 is checked)
         self.views: dict[str, Any] = {}
         self.settings_dynamic: list[protocol.Setting] = []
         self.skipped: list[dict[str, Any]] = []
@@ -280,6 +281,7 @@ class BenchmarkRun:
                                     f"not at {', '.join(map(str, missing))}; without them this run's stage 0 cannot be checked")
         entries = partial.finished_entries(old, config.methods)
         kept = []
+        self.taken_seeds.update(config.seeds)
         for name in config.methods:
             if name not in partial.AFTER_STAGE0:
                 self.entries[name] = {seed: e for seed, e in entries.get(name, {}).items() if seed in config.seeds}
@@ -307,9 +309,12 @@ class BenchmarkRun:
             if not wanted:
                 continue
             mine, theirs = partial.teacher_path(config, seed), partial.teacher_file(path, seed)
-            if not (mine.exists() and theirs.exists()):
-                raise FileNotFoundError(f"--baselines-from: seed {seed}'s stage-0 streams are needed at {mine} and "
-                                        f"{theirs} to take {wanted} from {path}")
+            if not mine.exists():  # this run has not trained the seed's controller yet: it trains its baselines too
+                self.say(f"--baselines-from: seed {seed} has no stage-0 streams at {mine} yet; {wanted} not taken")
+                continue
+            if not theirs.exists():
+                raise FileNotFoundError(f"--baselines-from: {path} has seed {seed}'s {wanted} but not the stage-0 "
+                                        f"streams they were trained from ({theirs}): they cannot be checked")
             stage0 = torch.load(mine, map_location="cpu", weights_only=True)
             other = torch.load(theirs, map_location="cpu", weights_only=True)
             if set(stage0) != set(other) or not all(torch.equal(stage0[k], other[k]) for k in stage0):
@@ -318,6 +323,9 @@ class BenchmarkRun:
             for name in wanted:
                 self.entries[name][seed] = entries[name][seed]
                 kept.append([seed, name])
+            if "single_task" in wanted:  # the metrics every entry of the seed is summarised against
+                self.single_task[str(seed)] = (old.get("single_task") or {})[str(seed)]
+            self.taken_seeds.add(seed)
             self.summarise(seed)
         if kept:
             self.resumed.append({"at": _now(), "git": self.git, "kept": kept, "baselines_from": str(path),
@@ -327,7 +335,7 @@ class BenchmarkRun:
     def check_stage0(self, method: ControllerMethod, seed: int) -> None:
         """With baselines from another file: the streams this run's stage 0 trained must be the ones that file's
         baselines were trained from (its saved teacher); a ValueError otherwise."""
-        if self.baselines_from is None or method.teacher is None:
+        if self.baselines_from is None or method.teacher is None or seed not in self.taken_seeds:
             return
         saved = partial.teacher_file(self.baselines_from, seed)
         if not partial.same_stage0(method.teacher, saved):

@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                              "total and batch); the controller's methods run again")
     parser.add_argument("--supernet-config", metavar="KEY=VALUE,...", default=None,
                         help="dymu.SupernetConfig fields over the preset's (e.g. budget_trees=2): to rerun a run made "
-                             "under an earlier preset")
+                             "under an earlier preset (the mode and results file name stay; the file's config records them)")
     parser.add_argument("--edge-config", metavar="KEY=VALUE,...", default=None,
                         help="dymu.EdgeConfig fields over the preset's (e.g. warm_start=merge)")
     # every other option is a RunConfig field; given ones override the preset of the benchmark and mode
@@ -115,7 +115,12 @@ def stage_overrides(config: RunConfig, supernet: str | None, edge: str | None) -
     changes: dict[str, Any] = {}
     for name, text, cls in (("supernet_config", supernet, dymu.SupernetConfig), ("edge_config", edge, dymu.EdgeConfig)):
         if text is not None:
-            merged = {**getattr(config, name), **parse_fields(text, cls)}
+            fields = parse_fields(text, cls)
+            reserved = sorted({"steps", "seed"} & set(fields))
+            if reserved:
+                raise ValueError(f"--{name.replace('_', '-')}: {reserved} are the run's to set (--steps, --supernet-steps, "
+                                 "--seeds), not a stage config's")
+            merged = {**getattr(config, name), **fields}
             cls(**merged)  # a bad value is refused now, by name, not after stage 0 has trained
             changes[name] = merged
     return replace(config, **changes) if changes else config

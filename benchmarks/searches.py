@@ -97,8 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           + ", ".join(f"{s} {v:.4f}" for s, v in chosen["scores"].items()) + f"; chosen: {chosen['chosen']}")
     weights = (ctrl.stages.get("weights") or {}).get("selection") or {}
     if weights.get("best_score") is not None and known and trained_with in known:
+        kept = "its start, no adaptation" if weights["best_step"] == 0 else f"step {weights['best_step']}"
         print(f"weight hypernet (stage 2, validation score of the trees it adapts): {known[trained_with]:.4f} unadapted "
-              f"({trained_with} search) -> {weights['best_score']:.4f} adapted, kept at step {weights['best_step']}")
+              f"({trained_with} search) -> {weights['best_score']:.4f} kept ({kept})")
     prefs = protocol.cost_preferences(len(names))
     budgets = list(protocol.COST_BUDGETS)
     for search in chosen["scores"]:

@@ -30,7 +30,7 @@ Usage::
         --candidate supernet=1500,edge=400,weights=200,lr=0.001 --out benchmarks/results/split/multifashion.json
 
 Writes the JSON (config, seed, candidates with their scores, per-stage seconds, versions, commit) after every
-candidate, saves each candidate's controller in ``OUT_STEM-state/candidate<i>.pt`` (``Controller.save``; not
+candidate, saves each candidate's controller in ``OUT_STEM-state/candidate<i>.pt`` (``i`` from 1) (``Controller.save``; not
 committed: ``python -m benchmarks.searches`` looks inside one without training it again) and prints a markdown table of the candidates with the chosen one marked. Candidates scored by
 several invocations on the same stage 0 (to run them side by side) are compared in one table by
 ``python -m benchmarks.split --show FILE [FILE ...]``, which refuses files of another stage 0.
@@ -182,13 +182,14 @@ def _configs(candidate: dict[str, Any], seed: int) -> tuple[dymu.SupernetConfig,
     return supernet, dymu.EdgeConfig(seed=seed, **{k: v for k, v in candidate.items() if k in EDGE_KEYS})
 
 
-def candidate_path(out: Path, index: int) -> Path:
-    """Where candidate ``index`` (from 0) of the results file ``out`` keeps its trained controller.
+def candidate_path(out: Path, number: int) -> Path:
+    """Where candidate ``number`` (from 1, as the progress lines count) of the results file ``out`` keeps its trained
+    controller.
 
     >>> candidate_path(Path("benchmarks/results/split/fd.json"), 1).as_posix()
     'benchmarks/results/split/fd-state/candidate1.pt'
     """
-    return out.with_name(f"{out.stem}-state") / f"candidate{index}.pt"
+    return out.with_name(f"{out.stem}-state") / f"candidate{number}.pt"
 
 
 def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict[str, Any]], *, out: Path,
@@ -254,7 +255,7 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
         method.teacher = frozen_copy(ctrl.anchor)
         method.fit_after_stage0(ctrl, train, val_batches, device=torch.device("cpu"))
         scored = _val_hv(method, tasks, val_batches, preferences, space, example)
-        saved = candidate_path(out, index)
+        saved = candidate_path(out, index + 1)
         ctrl.save(saved)
         kept = (ctrl.stages.get("supernet") or {}).get("kept_stage0")
         stage1 = ctrl.stages.get("edge") or {}

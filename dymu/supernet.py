@@ -172,8 +172,9 @@ def sandwich_blocks_per_image(config: SupernetConfig, table: CostTable, affinity
     with ``config``: every tree of the step's sandwich (:func:`tree_blocks`), the frozen teacher's ``N x L``
     with feature distillation, the solo streams' ``N x L`` with ``config.solo``.
 
-    Replays the stage's tree draws (they come from ``config.seed`` alone), so it is what the stage ran, also for
-    a controller trained before this count existed. The training-budget table of the benchmarks reports it.
+    Replays the stage's tree draws (its generator is seeded by ``config.seed`` and draws nothing else; the trees
+    also depend on ``table`` and ``affinity``, which must be the ones the stage ran with), so it is what the stage
+    ran, also for a controller trained before this count existed. The benchmarks' training-budget table reports it.
 
     >>> table = CostTable(block_flops=(10, 10), block_params=(1, 1), head_flops=(1, 1), head_params=(1, 1), input_shape=(1, 4, 4))
     >>> blocks = sandwich_blocks_per_image(SupernetConfig(steps=10, budget_trees=0, distill="none", seed=0), table, None)

@@ -361,7 +361,8 @@ def train_weights(
 
     Only the nodes of each step's tree run; the nodes and heads that sharing touches (``config.scope``)
     get the hypernet's adaptations for the request and the tree (:mod:`dymu.adaptation`). ``select()``
-    and ``checkpointing`` as in :func:`train_edge`; the starting state (step 0) is always a candidate of the selection.
+    and ``checkpointing`` as in :func:`train_edge`; with ``select`` the starting state (step 0) is a candidate of the
+    selection.
     """
     edge.to(device).requires_grad_(False).eval()
     hyper = _HypernetStage("weight", weight, anchor, config, device, gumbel_stride=104729)

@@ -199,3 +199,28 @@ def test_two_runs_of_one_stage0_share_their_baselines_on_resume(tmp_path, monkey
     _shift_one_weight(teacher)
     with pytest.raises(ValueError, match="stage-0 streams differ"):
         run.main(_argv(root, first, "--methods", "phn", "hard_sharing", "--resume", "--baselines-from", source))
+
+
+def test_a_run_killed_in_single_task_takes_it_from_a_copy_that_finished_it(tmp_path, monkeypatch):
+    import shutil
+
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    first, second = tmp_path / "first", tmp_path / "second"
+    with monkeypatch.context() as patch:
+        patch.setattr(SingleTask, "fit", _killed("single_task"))
+        with pytest.raises(KeyboardInterrupt):
+            run.main(_argv(root, first, "--methods", "phn"))
+    shutil.copytree(first, second)
+    assert run.main(_argv(root, second, "--methods", "phn", "--resume")) == 0
+    theirs = json.loads((second / f"{STEM}.json").read_text())
+
+    source = str(second / f"{STEM}.json")
+    with monkeypatch.context() as patch:
+        for cls, name in ((ControllerMethod, "dymu"), (SingleTask, "single_task"), (PHN, "phn")):
+            patch.setattr(cls, "fit", _not_again(name))
+        assert run.main(_argv(root, first, "--methods", "phn", "--resume", "--baselines-from", source)) == 0
+    mine = json.loads((first / f"{STEM}.json").read_text())
+    # the seed's single-task metrics came with its entry: every entry is summarised, none left pending
+    assert mine["complete"] is True and not mine["pending"] and mine["single_task"] == theirs["single_task"]
+    for name in ("single_task", "phn", "dymu"):
+        assert _kept(mine, name) == _kept(theirs, name), name

@@ -474,3 +474,7 @@ def test_the_training_budget_note_says_how_each_rows_block_passes_were_counted()
     assert BLOCK_PASSES_RULE not in only_old and "the supernet stage counted as every stream once" in only_old
     only_new = " ".join(_training_budget_lines({"training_budget": budget, "methods": {"phn": new}}))
     assert BLOCK_PASSES_RULE in only_new and "Counted before" not in only_new
+    # seeds of one row counted under both rules (a resumed run): the row is named, whichever seed came first
+    mixed = {**new, "per_seed": [new, old]}
+    assert " ".join(_training_budget_lines({"training_budget": budget, "methods": {"phn": new, "dymu": mixed}})).rstrip(
+        ".").endswith("dymu")

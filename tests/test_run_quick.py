@@ -179,5 +179,7 @@ def test_stage_configs_over_the_preset_from_the_command_line():
         stage_overrides(preset, "trees=2", None)
     with pytest.raises(ValueError, match="budget_trees must be >= 0"):
         stage_overrides(preset, "budget_trees=-1", None)
+    with pytest.raises(ValueError, match=r"\['seed'\] are the run's to set"):
+        stage_overrides(preset, "seed=3", None)
     with pytest.raises(ValueError, match="expected int"):
         stage_overrides(preset, "budget_trees=two", None)

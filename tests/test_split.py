@@ -46,7 +46,7 @@ def test_candidates_are_scored_on_validation_and_the_best_is_chosen(tmp_path):
     tasks = build_benchmark("multifashion", config.data_seed, config.limit, config.data_root).tasks()
     for index, c in enumerate(scored):  # each candidate's controller is kept, to look inside without training it again
         saved = dymu.load(c["controller"], tasks=tasks)
-        assert c["controller"] == str(split.candidate_path(out, index)) and "edge" in saved.stages
+        assert c["controller"] == str(split.candidate_path(out, index + 1)) and "edge" in saved.stages
         assert ("supernet" in saved.stages) == (c["candidate"]["supernet"] > 0)
         assert saved.search == c["search"]["chosen"]
 

@@ -164,9 +164,10 @@ def _training_budget_lines(results: dict[str, Any]) -> list[str]:
         return []
     below = [name for name, row in results["methods"].items()
              if row.get("training_totals") and row["training_totals"].get("equal_budget") is False]
-    counted = {name: (row.get("training_totals") or {}).get("block_passes_counted")
+    # per seed: a resumed run may hold seeds counted under both rules, and the aggregate keeps the first seed's mark
+    counted = {name: [(e.get("training_totals") or {}).get("block_passes_counted") for e in row.get("per_seed") or [row]]
                for name, row in results["methods"].items() if row.get("training_totals")}
-    older = [name for name, how in counted.items() if how != "forward"]
+    older = [name for name, how in counted.items() if any(h != "forward" for h in how)]
     rule = _OLD_BLOCK_PASSES if counted and len(older) == len(counted) else BLOCK_PASSES_RULE
     lines = ["", f"Training budget: {budget['rule']} ({budget['steps']} steps, {budget['images']} images). "
                  "train steps / images: one model's training, the parts it reuses included (× the models it trains); "
