@@ -35,6 +35,7 @@ from torch import Tensor
 
 from affinity.features import collect_features
 from affinity.rsa import AffinityResult, rsa_affinity
+from affinity.tree import Tree
 from hyper import EdgeHypernet, WeightHypernet, tree_code
 
 from .adaptation import Adaptation, BatchNorm
@@ -46,6 +47,7 @@ from .derived import DerivedModel, derive_model, recalibrate_batchnorm
 from .distributed import gather, mean_over_ranks
 from .evaluation import EvaluationTable, evaluate_model
 from .export import fold_batchnorm
+from .family import affinity_family, family_tree
 from .path_losses import PathLosses, measure_path_losses
 from .planner import MEASURED_SEARCHES, SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
@@ -382,7 +384,8 @@ class Controller:
         fine-tune the streams and heads on sandwiches of trees, distilling toward the stage-0 streams.
 
         With ``val``, the anchor is scored before training and every ``config.eval_every`` steps on
-        :meth:`supernet_requests` (trees from the merge search, no adaptation; mean ``sum_i r_i w_i L_i``
+        :meth:`supernet_requests` (trees of the family the stage trains: the merge search's, or the nested affinity
+        tree of each budget with ``tree_family="affinity"``; no adaptation; mean ``sum_i r_i w_i L_i``
         over the first ``val_samples`` validation images) and the best state is kept, the stage-0
         streams included: the stage switches itself off when it does not help on validation. The
         per-task validation losses of the anchor tree and of the cheapest tree before and after are in
@@ -408,7 +411,7 @@ class Controller:
         before = self._supernet_trees(batches, device) if batches is not None else None
         result = train_supernet(
             self.anchor, teacher, self.tasks, train, self.loss_scales, self.cost_table, self._affinity_matrix(), config, device, verbose,
-            select=None if batches is None else (lambda: self._supernet_score(batches)),
+            select=None if batches is None else (lambda: self._supernet_score(batches, config.tree_family)),
             solo=solo, val_batches=batches,
             checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
         )
@@ -471,9 +474,12 @@ class Controller:
     def _merge_planner(self) -> Planner:
         return Planner(self.edge, self.cost_table, self.task_names, self._affinity_matrix(), "budget", "merge")
 
-    def _supernet_score(self, batches: list) -> float:
+    def _supernet_score(self, batches: list, tree_family: str = "merge") -> float:
+        """The supernet stage's validation score on :meth:`supernet_requests`, for the trees of the family the stage
+        trains: the merge search's, or (``"affinity"``) the nested affinity tree of each budget."""
         requests = [(r, budget, None) for r, budget in self.supernet_requests()]
-        return self._validation_score(batches, adapted=False, requests=requests, planner=self._merge_planner())
+        planner = self._merge_planner() if tree_family == "merge" else _FamilyTrees(self)
+        return self._validation_score(batches, adapted=False, requests=requests, planner=planner)
 
     @torch.no_grad()
     def _supernet_trees(self, batches: list, device: torch.device) -> dict[str, tuple[tuple, list[float]]]:
@@ -944,3 +950,19 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+class _FamilyTrees:
+    """A planner for :meth:`Controller._supernet_score`: every request gets the nested affinity tree of its budget
+    (:func:`dymu.family.family_tree`), the trees a supernet stage with ``tree_family="affinity"`` trains."""
+
+    def __init__(self, ctrl: Controller):
+        self.table, self.names = ctrl.cost_table, ctrl.task_names
+        affinity = ctrl._affinity_matrix()  # None: all tasks alike, as the sandwich draws them (SandwichTrees)
+        self.family = affinity_family(ctrl.cost_table, np.ones((ctrl.n_tasks,) * 2) if affinity is None else affinity)
+
+    def plan(self, preference: np.ndarray, budget: float, c: float | None = None) -> BuildPlan:
+        rows = family_tree(self.family, budget * self.table.anchor_flops)
+        return BuildPlan(tree=Tree(self.names, rows), preference=tuple(float(v) for v in preference), budget=budget,
+                         c=0.0, flops=self.table.tree_flops(rows), params=self.table.tree_params(rows), fallback=False,
+                         mode="budget", search="family")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import dymu
 from _tiny import trained_streams
@@ -135,3 +136,23 @@ def test_the_family_search_needs_measured_losses():
     from hyper import EdgeHypernet
     with pytest.raises(ValueError, match="'family' search needs measured path losses"):
         Planner(EdgeHypernet(4, 3), TABLE, NAMES, AFFINITY, "budget", "family")
+
+
+def test_the_supernet_stage_on_the_family_is_selected_on_the_family_trees():
+    import copy
+
+    ctrl, data = trained_streams(4, n_batches=2, steps=2)
+    batches = ctrl._validation_batches(data[:1], 64)
+    before = copy.deepcopy(ctrl)
+    on_family, on_merges = before._supernet_score(batches, "affinity"), before._supernet_score(batches, "merge")
+    # by hand: the mean over the requests of sum_i r_i w_i L_i on each budget's family tree
+    family = affinity_family(ctrl.cost_table, np.asarray(ctrl.affinity.matrix))
+    by_hand = []
+    for r, budget in before.supernet_requests():
+        rows = max((t for t in family if t[1] <= budget * ctrl.cost_table.anchor_flops), key=lambda t: t[1])[0]
+        losses = before._tree_losses(rows, None, batches, torch.device("cpu"))
+        by_hand.append(float((torch.as_tensor(r, dtype=torch.float32) * before.loss_scales * losses).sum()))
+    assert on_family == pytest.approx(np.mean(by_hand), rel=1e-6) and on_family != pytest.approx(on_merges)
+    ctrl.fit_supernet(data, data[:1], config=dymu.SupernetConfig(steps=2, tree_family="affinity"), verbose=False,
+                      val_samples=64)
+    assert ctrl.stages["supernet"]["selection"]["initial_score"] == pytest.approx(on_family)
