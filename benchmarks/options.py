@@ -45,7 +45,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["field_help", "add_options", "from_args", "overrides", "parse_fields"]
+__all__ = ["field_help", "add_options", "from_args", "overrides", "flag", "key_values", "parse_fields"]
 
 _ENTRY = re.compile(r"^(\s*)([A-Za-z_][\w, ]*):\s*(.*)$")
 
@@ -187,6 +187,36 @@ def overrides(cls: type, args: argparse.Namespace, *, skip: Iterable[str] = ()) 
     }
 
 
+def flag(value: str) -> bool:
+    """``"true"`` / ``"false"`` (any case) -> bool; anything else is refused.
+
+    >>> flag("True"), flag("false")
+    (True, False)
+    """
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return lowered == "true"
+
+
+def key_values(text: str) -> list[tuple[str, str]]:
+    """``"KEY=VALUE,KEY=VALUE"`` -> ``[(key, value)]`` (empty parts skipped).
+
+    >>> key_values("a=1, b=x,")
+    [('a', '1'), ('b', 'x')]
+
+    Raises:
+        ValueError: a part without ``=``, naming it.
+    """
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"{part!r} is not KEY=VALUE")
+        out.append((key, value))
+    return out
+
+
 def parse_fields(text: str, cls: type) -> dict[str, Any]:
     """``"KEY=VALUE,KEY=VALUE"`` -> ``{field: value}`` for fields of the dataclass ``cls`` of type bool, int, float or
     str, each value converted by its field's type.
@@ -202,17 +232,15 @@ def parse_fields(text: str, cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     out: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise ValueError(f"{part!r} is not KEY=VALUE")
+    for key, value in key_values(text):
         if key not in names:
             raise ValueError(f"{cls.__name__} has no field {key!r}; its fields are {names}")
         kind = _unwrap_optional(hints[key])
         if kind is bool:
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"{key}={value!r}: expected true or false")
-            out[key] = value.lower() in ("true", "1")
+            try:
+                out[key] = flag(value)
+            except ValueError as error:
+                raise ValueError(f"{key}={value!r}: {error}") from None
         elif kind in (int, float, str):
             try:
                 out[key] = kind(value)

@@ -288,12 +288,16 @@ class BenchmarkRun:
                 kept += [[seed, name] for seed in sorted(self.entries[name])]
         self.single_task = {k: v for k, v in (old.get("single_task") or {}).items() if int(k) in config.seeds}
         self.costs = dict(old.get("measured_costs") or {})
-        self.resumed = [{"at": _now(), "git": self.git, "kept": kept, "baselines_from": str(path),
-                         "their_steps": (old.get("config") or {}).get("steps"), "their_git": old.get("git")}]
+        self.resumed = [self._taken(path, old, kept)]
         for seed in config.seeds:
             self.summarise(seed)
         self.say(f"--baselines-from: took {len(kept)} (seed, method) entries from {path} (steps "
                  f"{(old.get('config') or {}).get('steps')}); the controller's methods run again")
+
+    def _taken(self, path: Path, old: dict[str, Any], kept: list[list[Any]]) -> dict[str, Any]:
+        """The ``resumed`` record of entries taken from the results file ``path`` (read as ``old``)."""
+        return {"at": _now(), "git": self.git, "kept": kept, "baselines_from": str(path),
+                "their_steps": (old.get("config") or {}).get("steps"), "their_git": old.get("git")}
 
     def take_missing(self, path: Path) -> None:
         """On ``--resume``: take from ``path`` the finished entries this run lacks, of the methods that do not depend on
@@ -315,9 +319,7 @@ class BenchmarkRun:
             if not theirs.exists():
                 raise FileNotFoundError(f"--baselines-from: {path} has seed {seed}'s {wanted} but not the stage-0 "
                                         f"streams they were trained from ({theirs}): they cannot be checked")
-            stage0 = torch.load(mine, map_location="cpu", weights_only=True)
-            other = torch.load(theirs, map_location="cpu", weights_only=True)
-            if set(stage0) != set(other) or not all(torch.equal(stage0[k], other[k]) for k in stage0):
+            if not partial.same_stage0(mine, theirs):
                 raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from {theirs}: its baselines "
                                  "were trained from other streams")
             for name in wanted:
@@ -328,8 +330,7 @@ class BenchmarkRun:
             self.taken_seeds.add(seed)
             self.summarise(seed)
         if kept:
-            self.resumed.append({"at": _now(), "git": self.git, "kept": kept, "baselines_from": str(path),
-                                 "their_steps": (old.get("config") or {}).get("steps"), "their_git": old.get("git")})
+            self.resumed.append(self._taken(path, old, kept))
         self.say(f"--baselines-from: took {len(kept)} more (seed, method) entries from {path}")
 
     def check_stage0(self, method: ControllerMethod, seed: int) -> None:

@@ -138,10 +138,12 @@ def read_baselines(path: str | Path, config: RunConfig, data_checksum: str | Non
     return old
 
 
-def same_stage0(teacher: torch.nn.Module, saved: str | Path) -> bool:
-    """Whether ``teacher``'s state equals the stage-0 streams saved at ``saved`` (every tensor bit for bit)."""
+def same_stage0(teacher: torch.nn.Module | str | Path, saved: str | Path) -> bool:
+    """Whether ``teacher``'s state (a module, or streams saved at a path) equals the stage-0 streams saved at
+    ``saved`` (every tensor bit for bit)."""
     state = torch.load(saved, map_location="cpu", weights_only=True)
-    mine = teacher.state_dict()
+    mine = teacher.state_dict() if isinstance(teacher, torch.nn.Module) else torch.load(teacher, map_location="cpu",
+                                                                                           weights_only=True)
     return set(state) == set(mine) and all(torch.equal(mine[k].cpu(), state[k]) for k in mine)
 
 

@@ -65,22 +65,11 @@ from . import protocol
 from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
 from .methods import ControllerMethod, StepBudget
+from .options import flag, key_values
 from .orchestrate import git_state
 from .protocol.targets import MIN_CONTROLLABILITY, MIN_TASK_CONTROLLABILITY
 
 __all__ = ["parse_candidate", "candidate_path", "score_candidates", "controls", "choose", "main"]
-
-def flag(value: str) -> bool:
-    """``"true"`` / ``"false"`` (any case) -> bool; anything else is refused.
-
-    >>> flag("True"), flag("false")
-    (True, False)
-    """
-    lowered = value.strip().lower()
-    if lowered not in ("true", "false"):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return lowered == "true"
-
 
 #: the keys a candidate may set: the three step counts, then :class:`dymu.SupernetConfig` fields
 STEP_KEYS = ("supernet", "edge", "weights")
@@ -104,10 +93,11 @@ def parse_candidate(text: str) -> dict[str, Any]:
         ValueError: an unknown key, a missing step count, or a value of the wrong type, naming it.
     """
     out: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise ValueError(f"candidate {text!r}: {part!r} is not KEY=VALUE")
+    try:
+        pairs = key_values(text)
+    except ValueError as error:
+        raise ValueError(f"candidate {text!r}: {error}") from None
+    for key, value in pairs:
         if key in STEP_KEYS:
             out[key] = int(value)
         elif key in SUPERNET_KEYS or key in EDGE_KEYS:

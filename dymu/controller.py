@@ -24,7 +24,7 @@ import copy
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ from torch import Tensor
 
 from affinity.features import collect_features
 from affinity.rsa import AffinityResult, rsa_affinity
-from affinity.tree import Tree
 from hyper import EdgeHypernet, WeightHypernet, tree_code
 
 from .adaptation import Adaptation, BatchNorm
@@ -47,7 +46,6 @@ from .derived import DerivedModel, derive_model, recalibrate_batchnorm
 from .distributed import gather, mean_over_ranks
 from .evaluation import EvaluationTable, evaluate_model
 from .export import fold_batchnorm
-from .family import affinity_family, family_tree
 from .path_losses import PathLosses, measure_path_losses
 from .planner import MEASURED_SEARCHES, SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
@@ -325,17 +323,17 @@ class Controller:
         return [(p, b, None) for p in prefs for b in budgets]
 
     def _validation_score(self, batches: list, adapted: bool, requests: Sequence[tuple] | None = None,
-                          planner: Planner | None = None) -> float:
+                          plan: Callable[..., BuildPlan] | None = None) -> float:
         """Mean over ``requests`` ``(r, budget, c)`` (default :meth:`validation_requests`) of ``sum_i r_i w_i L_i``
-        on ``batches`` for the trees ``planner`` (default :attr:`planner`) builds (lower is better)."""
+        on ``batches`` for the trees ``plan(r, budget, c)`` (default :attr:`planner`'s) builds (lower is better)."""
         device = self._device(None)
-        planner = planner or self.planner
+        plan_request = plan or self.planner.plan
         scales = self.loss_scales.to(device)
         cache: dict[tuple, Tensor] = {}
         scores = []
         with torch.no_grad():
             for r, budget, c in requests if requests is not None else self.validation_requests():
-                plan = planner.plan(r, budget, c)
+                plan = plan_request(r, budget, c)
                 adaptation = self._adaptation(plan) if adapted else None
                 key = (plan.tree.assignment, None if adaptation is None else (tuple(r), plan.c))
                 if key not in cache:
@@ -416,6 +414,8 @@ class Controller:
             checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
         )
         self._record("supernet", config, result)
+        self.stages["supernet"]["blocks_per_image"] = sandwich_blocks_per_image(config, self.cost_table,
+                                                                                self._affinity_matrix())
         if solo is not None:
             self.stages["supernet"]["solo"] = self._keep_better_streams(solo, batches, device)
         if batches is not None:
@@ -457,8 +457,10 @@ class Controller:
         record = self.stages.get("supernet")
         if record is None:
             return None
-        config = SupernetConfig(**record["config"])
-        return sandwich_blocks_per_image(config, self.cost_table, self._affinity_matrix())
+        if "blocks_per_image" in record:  # counted when the stage trained
+            return float(record["blocks_per_image"])
+        # a controller trained before the count was recorded: replay its draws
+        return sandwich_blocks_per_image(SupernetConfig(**record["config"]), self.cost_table, self._affinity_matrix())
 
     def supernet_requests(self) -> list[tuple[np.ndarray, float]]:
         """The ``(preference, budget)`` requests the supernet stage is selected on: the preferences of
@@ -478,8 +480,9 @@ class Controller:
         """The supernet stage's validation score on :meth:`supernet_requests`, for the trees of the family the stage
         trains: the merge search's, or (``"affinity"``) the nested affinity tree of each budget."""
         requests = [(r, budget, None) for r, budget in self.supernet_requests()]
-        planner = self._merge_planner() if tree_family == "merge" else _FamilyTrees(self)
-        return self._validation_score(batches, adapted=False, requests=requests, planner=planner)
+        planner = self._merge_planner()
+        plan = planner.plan if tree_family == "merge" else planner.family_plan
+        return self._validation_score(batches, adapted=False, requests=requests, plan=plan)
 
     @torch.no_grad()
     def _supernet_trees(self, batches: list, device: torch.device) -> dict[str, tuple[tuple, list[float]]]:
@@ -951,18 +954,3 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     return value
 
-
-class _FamilyTrees:
-    """A planner for :meth:`Controller._supernet_score`: every request gets the nested affinity tree of its budget
-    (:func:`dymu.family.family_tree`), the trees a supernet stage with ``tree_family="affinity"`` trains."""
-
-    def __init__(self, ctrl: Controller):
-        self.table, self.names = ctrl.cost_table, ctrl.task_names
-        affinity = ctrl._affinity_matrix()  # None: all tasks alike, as the sandwich draws them (SandwichTrees)
-        self.family = affinity_family(ctrl.cost_table, np.ones((ctrl.n_tasks,) * 2) if affinity is None else affinity)
-
-    def plan(self, preference: np.ndarray, budget: float, c: float | None = None) -> BuildPlan:
-        rows = family_tree(self.family, budget * self.table.anchor_flops)
-        return BuildPlan(tree=Tree(self.names, rows), preference=tuple(float(v) for v in preference), budget=budget,
-                         c=0.0, flops=self.table.tree_flops(rows), params=self.table.tree_params(rows), fallback=False,
-                         mode="budget", search="family")

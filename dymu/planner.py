@@ -213,11 +213,15 @@ class Planner:
         )
 
     def _merge_plan(self, preference: np.ndarray, budget: float) -> BuildPlan:
-        table = self.table
         measured = self.path_losses if self.search in MEASURED_SEARCHES else None
-        assignment = merged_anchor(table, budget, preference, self.affinity, measured, fill=self.search in ("fill", "family"))
+        assignment = merged_anchor(self.table, budget, preference, self.affinity, measured,
+                                   fill=self.search in ("fill", "family"))
         if self.search == "family":
             assignment = self._family_or(assignment, preference, budget)
+        return self._budget_plan(assignment, preference, budget, self.search)
+
+    def _budget_plan(self, assignment, preference: np.ndarray, budget: float, search: str) -> BuildPlan:
+        table = self.table
         return BuildPlan(
             tree=Tree(self.task_names, assignment),
             preference=tuple(float(v) for v in preference),
@@ -227,18 +231,28 @@ class Planner:
             params=table.tree_params(assignment),
             fallback=False,
             mode=self.mode,
-            search=self.search,
+            search=search,
         )
+
+    def family_tree(self, budget: float) -> tuple[tuple[int, ...], ...]:
+        """The nested affinity tree of ``budget`` (:func:`dymu.family.family_tree` over :func:`dymu.family.affinity_family`
+        of this planner's cost table and affinity, built once): the trees a supernet stage with
+        ``tree_family="affinity"`` trains."""
+        if self._family is None:
+            self._family = affinity_family(self.table, self.affinity)
+        return family_tree(self._family, budget * self.table.anchor_flops)
+
+    def family_plan(self, preference: np.ndarray, budget: float, c: float | None = None) -> BuildPlan:
+        """:meth:`plan`'s signature for :meth:`family_tree`: the same tree for every preference, unfilled."""
+        return self._budget_plan(self.family_tree(budget), preference, budget, "family")
 
     def _family_or(self, filled: tuple[tuple[int, ...], ...], preference: np.ndarray, budget: float) -> tuple[tuple[int, ...], ...]:
         """The family search: ``filled`` (the fill search's tree) or the filled family tree of ``budget``, the one
         the path losses price lower (ties keep ``filled``)."""
-        if self._family is None:
-            self._family = affinity_family(self.table, self.affinity)
-        allowed = budget * self.table.anchor_flops
-        start = fill_budget(family_tree(self._family, allowed), allowed, self.table, preference, self.path_losses)
-        candidate = tuple(tuple(row) for row in start)
         assert self.path_losses is not None  # checked in __init__
+        allowed = budget * self.table.anchor_flops
+        start = fill_budget(self.family_tree(budget), allowed, self.table, preference, self.path_losses)
+        candidate = tuple(tuple(row) for row in start)
         if priced_rise(candidate, preference, self.path_losses) < priced_rise(filled, preference, self.path_losses):
             return candidate
         return filled
