@@ -18,8 +18,10 @@ and are easier to follow side by side than spread over modules.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,7 +80,8 @@ def static_tree_extra_share(cost: dict[str, Any]) -> float:
 
 
 def run_benchmark(config: RunConfig, *, command: str = "", log_stream: IO[str] | None = None, estimate_only: bool = False,
-                  resume: bool = False, baselines_from: str | Path | None = None) -> dict[str, Any]:
+                  resume: bool = False, baselines_from: str | Path | None = None,
+                  seeds_from: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Run every method of ``config`` for every seed, evaluate with the protocol, write JSON and plots.
 
     Returns the results dict (also written to ``config.out/<stem>.json``, after every method and at the end).
@@ -87,7 +90,9 @@ def run_benchmark(config: RunConfig, *, command: str = "", log_stream: IO[str] |
     kept, the rest run (:mod:`benchmarks.partial`; ValueError naming the fields where ``config`` differs).
     With ``baselines_from`` (a results file whose config differs at most in the controller's split after stage
     0) the entries that do not depend on that split are taken over and the rest run
-    (:func:`benchmarks.partial.read_baselines`; a resumed file that already has entries wins).
+    (:func:`benchmarks.partial.read_baselines`; a resumed file that already has entries wins). With ``seeds_from``
+    (results files of this config on some of its seeds, run as other processes) each file's finished seeds are
+    taken whole, with their saved controllers (:func:`benchmarks.partial.read_seeds`).
     ``config.threads`` sets torch's CPU threads for the run (restored afterwards).
     """
     threads_before = torch.get_num_threads()
@@ -95,7 +100,7 @@ def run_benchmark(config: RunConfig, *, command: str = "", log_stream: IO[str] |
         torch.set_num_threads(config.threads)
     try:
         run = BenchmarkRun(config, command, log_stream if log_stream is not None else sys.stderr, resume=resume,
-                           baselines_from=baselines_from)
+                           baselines_from=baselines_from, seeds_from=seeds_from)
         return run.estimate_only() if estimate_only else run.all()
     finally:
         torch.set_num_threads(threads_before)
@@ -106,9 +111,10 @@ class BenchmarkRun:
     its entry (records, cost, times; summarised once the seed's single-task metrics are known)."""
 
     def __init__(self, config: RunConfig, command: str, stream: IO[str], *, resume: bool = False,
-                 baselines_from: str | Path | None = None):
+                 baselines_from: str | Path | None = None, seeds_from: Sequence[str | Path] = ()):
         self.config, self.command, self.stream, self.resume = config, command, stream, resume
         self.baselines_from = None if baselines_from is None else Path(baselines_from)
+        self.seeds_from = [Path(p) for p in seeds_from]
         self.start = time.time()
         self.device = torch.device(config.device)
         self.say(f"{config.benchmark} ({config.mode}): building the data (data seed {config.data_seed}"
@@ -185,6 +191,8 @@ class BenchmarkRun:
                 self.take_baselines(self.baselines_from)
             else:  # a resumed run: what the other file finished since, or finished instead of this one
                 self.take_missing(self.baselines_from)
+        for path in self.seeds_from:
+            self.take_seeds(path)
         self.measure()
         todo = [(seed, name) for seed in config.seeds for name in config.methods if seed not in self.entries[name]]
         self.clock = RunClock([(seed, name, self.est[name]) for seed, name in todo], self.stream)
@@ -332,6 +340,59 @@ class BenchmarkRun:
         if kept:
             self.resumed.append(self._taken(path, old, kept))
         self.say(f"--baselines-from: took {len(kept)} more (seed, method) entries from {path}")
+
+    def take_seeds(self, path: Path) -> None:
+        """Take from ``path``, a run of this config on other seeds (:func:`benchmarks.partial.read_seeds`), every
+        finished entry of each seed this run has no entry of, with the seed's saved controller and stage-0 streams."""
+        config = self.config
+        old = partial.read_seeds(path, config, self.bench.checksum)
+        entries = partial.finished_entries(old, config.methods)
+        kept: list[list[Any]] = []
+        for seed in config.seeds:
+            theirs = {name: by_seed[seed] for name, by_seed in entries.items() if name in config.methods and seed in by_seed}
+            if not theirs:
+                continue
+            if any(seed in self.entries[name] for name in config.methods):
+                self.say(f"--seeds-from: seed {seed} has entries in this run already; {path}'s are not taken")
+                continue
+            if "dymu" not in theirs:  # every other entry of the seed starts from its controller
+                self.say(f"--seeds-from: seed {seed}'s controller is not finished in {path}; its entries are not taken")
+                continue
+            self._copy_seed_state(path, seed)
+            for name, entry in theirs.items():
+                self.entries[name][seed] = entry
+                kept.append([seed, name])
+            if str(seed) in (old.get("single_task") or {}):
+                self.single_task[str(seed)] = old["single_task"][str(seed)]
+            if seed == config.seeds[0] and not self.views and ((old.get("config") or {}).get("seeds") or [None])[0] == seed:
+                self.views = old.get("controller_views") or {}
+            self.summarise(seed)
+        if kept:
+            described = old.get("protocol") or {}
+            if not self.settings_dynamic:
+                self.settings_dynamic = [protocol.Setting(**s) for s in described.get("settings_dynamic", [])]
+                self.skipped = list(described.get("settings_skipped", []))
+            self.costs = self.costs or dict(old.get("measured_costs") or {})
+            self.resumed.append({"at": _now(), "git": self.git, "kept": kept, "seeds_from": str(path),
+                                 "their_git": old.get("git")})
+        self.say(f"--seeds-from: took {len(kept)} (seed, method) entries of seeds "
+                 f"{sorted({seed for seed, _ in kept})} from {path}")
+
+    def _copy_seed_state(self, path: Path, seed: int) -> None:
+        """Copy the controller (and stage-0 streams, when saved) of ``seed`` from beside ``path`` into this run's state
+        folder; a file of this run's own is never overwritten."""
+        sources = [p for p in (partial.state_dir_of(path) / f"seed{seed}-dymu.pt", partial.teacher_file(path, seed)) if p.exists()]
+        if not sources or sources[0].name != f"seed{seed}-dymu.pt":
+            raise FileNotFoundError(f"--seeds-from: {path} finished seed {seed}'s controller but its trained state is not at "
+                                    f"{partial.state_dir_of(path) / f'seed{seed}-dymu.pt'}")
+        target = partial.state_dir(self.config)
+        clashes = [target / p.name for p in sources if (target / p.name).exists()]
+        if clashes:
+            raise ValueError(f"--seeds-from: this run already has {', '.join(map(str, clashes))} for seed {seed} without an "
+                             f"entry; move it away or write to another --out to take seed {seed} from {path}")
+        target.mkdir(parents=True, exist_ok=True)
+        for source in sources:
+            shutil.copy2(source, target / source.name)
 
     def check_stage0(self, method: ControllerMethod, seed: int) -> None:
         """With baselines from another file: the streams this run's stage 0 trained must be the ones that file's

@@ -24,6 +24,12 @@ True
 >>> split_only({"anchor": 600, "supernet": 300, "edge": 400, "weights": 250, "batch_size": 128},
 ...            {"anchor": 500, "supernet": 400, "edge": 400, "weights": 250, "batch_size": 128})
 False
+
+``--seeds-from FILE ...`` gathers seeds that ran as separate processes (on two cores, or two machines) into one
+run: each FILE is a run of this config on some of its seeds (only ``seeds`` and the fields of
+:data:`IGNORED_FIELDS` may differ). Every finished entry of a seed this run has not started is taken, with the
+seed's saved controller and stage-0 streams; a seed is taken whole from one file, and only once its
+controller finished there.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from dymu.checkpoint import atomic_torch_save
 
 from .config import C_ONLY, RunConfig
 
-__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "same_stage0", "results_path", "state_dir",
+__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "read_seeds", "same_stage0", "results_path", "state_dir",
            "state_dir_of", "controller_path", "teacher_path", "teacher_file", "config_differences", "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
 
 #: RunConfig fields a resumed run may change, and why: none of them changes a number of a finished entry
@@ -135,6 +141,27 @@ def read_baselines(path: str | Path, config: RunConfig, data_checksum: str | Non
     if differences:
         raise ValueError(f"--baselines-from: {path} was written by a run with a different config: " + "; ".join(differences))
     _check_same_data(old, data_checksum, path, "--baselines-from")
+    return old
+
+
+def read_seeds(path: str | Path, config: RunConfig, data_checksum: str | None) -> dict[str, Any]:
+    """The results file ``path`` of a run of ``config`` on other seeds, whose seeds this run takes (``--seeds-from``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: its config differs in more than its seeds and methods (naming every field), or its data.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--seeds-from: no results file at {path}")
+    old = json.loads(path.read_text())
+    old_config = dict(old.get("config") or {})
+    old_config["seeds"] = config.seeds
+    old_config["methods"] = []  # methods this run lacks are left in the file; those the file lacks run here
+    differences = config_differences(old_config, config.as_dict())
+    if differences:
+        raise ValueError(f"--seeds-from: {path} was written by a run with a different config: " + "; ".join(differences))
+    _check_same_data(old, data_checksum, path, "--seeds-from")
     return old
 
 

@@ -11,6 +11,11 @@ Writes ``OUT/NAME.json`` (``OUT/NAME-quick.json`` in quick mode; rewritten after
 beside it, prints progress (method, seed, ETA) on stderr and a markdown table of the results on stdout. Each
 seed's trained controller is saved in ``OUT/NAME-state/``; ``--resume`` continues an interrupted run from
 both, keeping its finished (seed, method) entries (each says the commit it ran on and when it finished).
+Seeds may run as separate processes (one per core) and be gathered into one file by a run over all of them::
+
+    python -m benchmarks.run fashion_digits --full --seeds 1 --out r1     # on one core
+    python -m benchmarks.run fashion_digits --full --seeds 2 --out r2     # on the other
+    python -m benchmarks.run fashion_digits --full --out all --seeds-from r1/fashion_digits.json r2/fashion_digits.json
 
 Methods (``--methods`` picks a subset; the controller and the single-task streams always run, because the
 others use its anchor: loss scales, task affinity, single-task baselines):
@@ -92,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="take the finished entries of the methods that do not depend on the controller's steps "
                              "after stage 0 from FILE, a run whose config differs only in that split (same stage 0, "
                              "total and batch); the controller's methods run again")
+    parser.add_argument("--seeds-from", metavar="FILE", nargs="+", default=[],
+                        help="take every finished seed of FILE(s), runs of these options on some of --seeds (run as "
+                             "other processes, say one per core), with their saved controllers; the rest run here")
     parser.add_argument("--supernet-config", metavar="KEY=VALUE,...", default=None,
                         help="dymu.SupernetConfig fields over the preset's (e.g. budget_trees=2): to rerun a run made "
                              "under an earlier preset (the mode and results file name stay; the file's config records them)")
@@ -134,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              args.supernet_config, args.edge_config)
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv)
     results = run_benchmark(config, command=command, estimate_only=args.estimate_only, resume=args.resume,
-                            baselines_from=args.baselines_from)
+                            baselines_from=args.baselines_from, seeds_from=args.seeds_from)
     if args.estimate_only:
         return 0
     print(format_markdown(results))

@@ -224,3 +224,41 @@ def test_a_run_killed_in_single_task_takes_it_from_a_copy_that_finished_it(tmp_p
     assert mine["complete"] is True and not mine["pending"] and mine["single_task"] == theirs["single_task"]
     for name in ("single_task", "phn", "dymu"):
         assert _kept(mine, name) == _kept(theirs, name), name
+
+
+def test_seeds_run_as_separate_processes_gather_into_the_run_over_all_of_them(tmp_path, monkeypatch):
+    """``--seeds-from``: seeds run one per process give, gathered, the records of one run over every seed, nothing
+    retrained; another config is refused naming the field, and a state file of the run's own is never overwritten."""
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    methods = ["--methods", "phn"]
+    assert run.main(_argv(root, tmp_path / "both", *methods, "--seeds", "0", "1")) == 0
+    for seed in ("0", "1"):
+        assert run.main(_argv(root, tmp_path / f"seed{seed}", *methods, "--seeds", seed)) == 0
+    sources = [str(tmp_path / f"seed{seed}" / f"{STEM}.json") for seed in ("0", "1")]
+
+    with monkeypatch.context() as patch:
+        for cls, name in ((ControllerMethod, "dymu"), (SingleTask, "single_task"), (PHN, "phn")):
+            patch.setattr(cls, "fit", _not_again(name))
+        assert run.main(_argv(root, tmp_path / "gathered", *methods, "--seeds", "0", "1", "--seeds-from", *sources)) == 0
+    both = json.loads((tmp_path / "both" / f"{STEM}.json").read_text())
+    gathered = json.loads((tmp_path / "gathered" / f"{STEM}.json").read_text())
+    assert gathered["complete"] is True and gathered["seeds"] == [0, 1]
+    for name in ("dymu", "single_task", "phn"):
+        assert gathered["methods"][name]["records"] == both["methods"][name]["records"], name
+        assert gathered["methods"][name]["hv"] == both["methods"][name]["hv"], name
+    assert [part["seeds_from"] for part in gathered["resumed"]] == sources
+    assert all((tmp_path / "gathered" / f"{STEM}-state" / f"seed{s}-dymu.pt").exists() for s in (0, 1))
+    assert f"Seeds 1 ran as another process of the same options: taken from {sources[1]}" in run.format_markdown(gathered)
+
+    with pytest.raises(ValueError, match=r"--seeds-from: .* test_examples \(file 20, now 30\)"):
+        run.main([*_argv(root, tmp_path / "other", *methods, "--seeds", "0", "1", "--seeds-from", *sources),
+                  "--test-examples", "30"])
+    with pytest.raises(FileNotFoundError, match="no results file at"):
+        run.main(_argv(root, tmp_path / "other", *methods, "--seeds", "0", "1", "--seeds-from", str(tmp_path / "none.json")))
+    # a run killed after saving seed 0's controller, before its entry: that file is its own and stays
+    mine = tmp_path / "mine" / f"{STEM}-state"
+    mine.mkdir(parents=True)
+    (mine / "seed0-dymu.pt").write_bytes(b"this run's own controller")
+    with pytest.raises(ValueError, match="already has .*seed0-dymu.pt"):
+        run.main(_argv(root, tmp_path / "mine", *methods, "--seeds", "0", "1", "--seeds-from", sources[0]))
+    assert (mine / "seed0-dymu.pt").read_bytes() == b"this run's own controller"

@@ -128,7 +128,8 @@ def format_markdown(results: dict[str, Any]) -> str:
 
 
 def _provenance_lines(results: dict[str, Any]) -> list[str]:
-    """Where entries were taken from another run (``--baselines-from``): which file, its steps and commit."""
+    """Where entries were taken from another run (``--baselines-from``, ``--seeds-from``): which file, its steps and
+    commit."""
     out = []
     for part in results.get("resumed") or []:
         if part.get("baselines_from"):
@@ -139,6 +140,11 @@ def _provenance_lines(results: dict[str, Any]) -> list[str]:
             out += ["", f"Taken from {part['baselines_from']} (commit {commit}; steps anchor/supernet/edge/weights {counts}, "
                         f"the same stage 0, total and batch; the stage-0 streams checked bit-identical): {', '.join(methods)}. "
                         "The controller's methods ran in this run."]
+        elif part.get("seeds_from"):
+            seeds = sorted({seed for seed, _ in part.get("kept", [])})
+            commit = ((part.get("their_git") or {}).get("commit") or "unknown")[:7]
+            out += ["", f"Seeds {', '.join(map(str, seeds))} ran as another process of the same options: taken from "
+                        f"{part['seeds_from']} (commit {commit}), with their controllers."]
     return out
 
 
