@@ -45,7 +45,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["field_help", "add_options", "from_args", "overrides", "flag", "key_values", "parse_fields"]
+__all__ = ["field_help", "add_options", "from_args", "overrides", "flag", "key_values", "parse_fields", "add_saved_controller"]
 
 _ENTRY = re.compile(r"^(\s*)([A-Za-z_][\w, ]*):\s*(.*)$")
 
@@ -249,3 +249,16 @@ def parse_fields(text: str, cls: type) -> dict[str, Any]:
         else:
             raise ValueError(f"{cls.__name__}.{key} ({hints[key]}) cannot be set as KEY=VALUE")
     return out
+
+
+def add_saved_controller(parser: argparse.ArgumentParser, benchmarks: Iterable[str], seed_help: str) -> None:
+    """The arguments of a tool that reads a controller a benchmark run saved: the file, ``--benchmark``, ``--quick`` /
+    ``--full`` (``mode``, None when neither is given) and ``--seed``."""
+    from pathlib import Path
+
+    parser.add_argument("controller", type=Path, help="a controller file a run saved (OUT/<stem>-state/seed{N}-dymu.pt)")
+    parser.add_argument("--benchmark", choices=tuple(benchmarks), required=True)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="mode", action="store_const", const="quick")
+    size.add_argument("--full", dest="mode", action="store_const", const="full")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)

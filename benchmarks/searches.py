@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from dymu.path_losses import PathLosses
 from . import protocol
 from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
+from .options import add_saved_controller
 
 __all__ = ["foreign_rises", "planned_cost", "main"]
 
@@ -64,12 +64,7 @@ def planned_cost(ctrl: dymu.Controller, search: str, budgets: Sequence[float], p
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.searches", description=__doc__.split("\n\n")[0])
-    parser.add_argument("controller", type=Path, help="a controller file (Controller.save; a run's state folder)")
-    parser.add_argument("--benchmark", choices=BENCHMARKS, required=True)
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", dest="mode", action="store_const", const="quick")
-    size.add_argument("--full", dest="mode", action="store_const", const="full")
-    parser.add_argument("--seed", type=int, default=0, help="the run's seed (it orders the validation batches)")
+    add_saved_controller(parser, BENCHMARKS, "the run's seed (it orders the validation batches)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if not args.controller.is_file():

@@ -51,6 +51,7 @@ from .baselines.equal_cost import extra_share_for_budget
 from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
 from .methods import StepBudget
+from .options import add_saved_controller
 from .orchestrate import git_state
 
 __all__ = ["WAYS", "controller_steps", "tree_of", "main"]
@@ -104,12 +105,7 @@ def _trained(model: torch.nn.Module, ctrl: dymu.Controller, train, val, steps: i
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tree_alone", description=__doc__.split("\n\n")[0])
-    parser.add_argument("controller", type=Path, help="a controller file a run saved (OUT/<stem>-state/seed{N}-dymu.pt)")
-    parser.add_argument("--benchmark", choices=BENCHMARKS, required=True)
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", dest="mode", action="store_const", const="quick")
-    size.add_argument("--full", dest="mode", action="store_const", const="full")
-    parser.add_argument("--seed", type=int, default=0, help="the run's seed (the batch order and the fresh initialisation)")
+    add_saved_controller(parser, BENCHMARKS, "the run's seed (the batch order and the fresh initialisation)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--budget", type=float, help="the equal-cost baseline's static affinity tree at this budget")
     which.add_argument("--tree", type=json.loads, help="a tree's assignment, JSON: L rows of N stream ids")
