@@ -22,7 +22,7 @@ each figure is one function of a few dozen lines.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from matplotlib.image import imread
 from affinity.plots import plot_tree
 from affinity.tree import Tree
 
-__all__ = ["plot_front", "plot_task_losses", "plot_cost", "plot_cost_curve", "plot_budget_curve", "plot_equal_cost",
+__all__ = ["plot_tree_alone", "plot_front", "plot_task_losses", "plot_cost", "plot_cost_curve", "plot_budget_curve", "plot_equal_cost",
            "plot_supernet", "plot_trees", "make_all", "mean_records"]
 
 _DPI = 130
@@ -466,3 +466,35 @@ def make_all(results: Mapping[str, Any], out_dir: str | Path, stem: str) -> list
             written.append(extra)
     written += plot_trees(results, out_dir, stem)
     return written
+
+
+_WAY_LABELS = {"cut": "cut from the controller", "stage0": "alone, from stage 0", "fresh": "alone, from scratch"}
+_WAY_COLOURS = {"cut": "#d62728", "stage0": "#1f77b4", "fresh": "#7f7f7f"}
+
+
+def plot_tree_alone(results: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """One panel per :mod:`benchmarks.tree_alone` result: per task, each way's validation loss over the lowest of the
+    ways (1 = the best way; a bar above 1 is what that way loses)."""
+    if not results:
+        raise ValueError("no tree_alone results to plot")
+    fig = _figure(4.6 * len(results), 3.4)
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    for ax, result in zip(axes, results):
+        ways = [w for w in _WAY_LABELS if w in result["ways"]]
+        tasks = list(result["ways"][ways[0]]["metrics"])
+        losses = np.array([[result["ways"][w]["metrics"][t]["loss"] for t in tasks] for w in ways])
+        ratio = losses / losses.min(axis=0, keepdims=True)
+        width = 0.8 / len(ways)
+        for i, way in enumerate(ways):
+            ax.bar(np.arange(len(tasks)) + (i - (len(ways) - 1) / 2) * width, ratio[i], width,
+                   label=_WAY_LABELS[way], color=_WAY_COLOURS[way])
+        ax.axhline(1.0, color="black", linewidth=0.6)
+        ax.set_xticks(np.arange(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0.9, max(1.1, float(ratio.max()) * 1.05))
+        ax.set_title(f"tree at {result['flops_fraction']:.0%} of the anchor's FLOPs", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("validation loss / lowest of the ways")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.2))
+    fig.suptitle("one tree cut from the controller against the same tree trained alone", fontsize=10)
+    return _save(fig, path)

@@ -22,7 +22,8 @@ Usage (a controller a benchmark run saved, with its stage-0 streams)::
 
 ``--budget b`` takes the static affinity tree of the equal-cost baseline at ``b`` (the largest one within
 ``b`` times the anchor's FLOPs); ``--tree`` gives a tree's assignment instead (JSON, ``L`` rows of ``N``
-stream ids). Prints one row per way and writes JSON with the tree, config, versions and commit.
+stream ids). Prints one row per way and writes JSON with the tree, config, versions and commit;
+``python -m benchmarks.tree_alone plot OUT.png RESULT.json ...`` draws such files side by side.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from .methods import StepBudget
 from .options import add_saved_controller
 from .orchestrate import git_state
 
-__all__ = ["WAYS", "controller_steps", "tree_of", "main"]
+__all__ = ["WAYS", "controller_steps", "tree_of", "plot_main", "main"]
 
 WAYS = ("cut", "stage0", "fresh")
 
@@ -103,7 +104,26 @@ def _trained(model: torch.nn.Module, ctrl: dymu.Controller, train, val, steps: i
                                 steps=steps, device=device, desc=desc, verbose=True)
 
 
+def plot_main(argv: Sequence[str]) -> int:
+    """``python -m benchmarks.tree_alone plot OUT.png RESULT.json ...``: one panel per result file."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tree_alone plot",
+                                     description="plot results files of python -m benchmarks.tree_alone side by side")
+    parser.add_argument("out", type=Path, help="the PNG to write")
+    parser.add_argument("results", type=Path, nargs="+", help="results files (--out of earlier runs)")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.results if not p.is_file()]
+    if missing:
+        parser.error(f"no results file at {', '.join(missing)}")
+    from .plots import plot_tree_alone
+
+    print(f"wrote {plot_tree_alone([json.loads(p.read_text()) for p in args.results], args.out)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plot"]:
+        return plot_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tree_alone", description=__doc__.split("\n\n")[0])
     add_saved_controller(parser, BENCHMARKS, "the run's seed (the batch order and the fresh initialisation)")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -155,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{way:>7s}: " + "  ".join(f"{t.name} loss {metrics[t.name]['loss']:.4f} {t.primary} "
                                           f"{metrics[t.name][t.primary]:.4f}" for t in ctrl.tasks), flush=True)
     if args.out is not None:
-        write_json(args.out, {"command": "python -m benchmarks.tree_alone " + " ".join(argv if argv is not None else sys.argv[1:]),
+        write_json(args.out, {"command": "python -m benchmarks.tree_alone " + " ".join(argv), "budget": args.budget,
                               "controller": str(args.controller), "benchmark": args.benchmark, "mode": config.mode,
                               "seed": args.seed, "tree": tree.to_dict(), "flops_fraction": flops,
                               "val_examples": config.val_examples, "ways": results, "versions": versions(),

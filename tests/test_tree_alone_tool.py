@@ -39,6 +39,11 @@ def test_a_tree_cut_from_the_controller_and_trained_alone_from_its_stage0_stream
     assert all(set(result["ways"][w]["metrics"]) == {"top_left", "bottom_right"} for w in tree_alone.WAYS)
     assert result["git"] is not None and "torch" in result["versions"]
     assert "stage0: top_left loss" in capsys.readouterr().out
+    assert tree_alone.main(["plot", str(tmp_path / "one.png"), str(tmp_path / "one.json"), str(tmp_path / "one.json")]) == 0
+    assert (tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        tree_alone.main(["plot", str(tmp_path / "two.png"), str(tmp_path / "none.json")])
+    assert "none.json" in capsys.readouterr().err
 
     # the cut way scores what build_model serves for that tree (here the anchor tree, no weight hypernet)
     assert tree_alone.main([str(controller), *common, "--tree", json.dumps(anchor_tree), "--ways", "cut",
