@@ -45,7 +45,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["field_help", "add_options", "from_args", "overrides", "flag", "key_values", "parse_fields", "add_saved_controller"]
+__all__ = ["field_help", "add_options", "from_args", "overrides", "flag", "key_values", "parse_fields", "add_saved_controller", "saved_seed"]
 
 _ENTRY = re.compile(r"^(\s*)([A-Za-z_][\w, ]*):\s*(.*)$")
 
@@ -261,4 +261,14 @@ def add_saved_controller(parser: argparse.ArgumentParser, benchmarks: Iterable[s
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="mode", action="store_const", const="quick")
     size.add_argument("--full", dest="mode", action="store_const", const="full")
-    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--seed", type=int, default=None, help=seed_help + " (default: N of a file named seed{N}-dymu.pt, else 0)")
+
+
+def saved_seed(parser: argparse.ArgumentParser, controller: Any, seed: int | None) -> int:
+    """The run's seed of a saved controller: ``seed``, or N of a file named ``seed{N}-dymu.pt``; the parser stops
+    when both are given and differ (the seed picks the stage-0 streams beside the file and the batch order)."""
+    match = re.fullmatch(r"seed(\d+)-dymu\.pt", getattr(controller, "name", ""))
+    named = int(match[1]) if match else None
+    if seed is not None and named is not None and seed != named:
+        parser.error(f"--seed {seed} but the controller file {controller} is seed {named}'s")
+    return seed if seed is not None else (named if named is not None else 0)

@@ -17,6 +17,7 @@ and are easier to follow side by side than spread over modules.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import sys
@@ -193,11 +194,16 @@ class BenchmarkRun:
                 self.take_missing(self.baselines_from)
         for path in self.seeds_from:
             self.take_seeds(path)
+        if self.seeds_from:
+            self.write()  # the taken seeds are this run's from now on: an interrupted run resumes with them
         self.measure()
         todo = [(seed, name) for seed in config.seeds for name in config.methods if seed not in self.entries[name]]
         self.clock = RunClock([(seed, name, self.est[name]) for seed, name in todo], self.stream)
         for seed in config.seeds:
             self.seed(seed)
+        first = config.seeds[0]
+        if not self.views and first in self.entries["dymu"]:  # every seed taken, none from a file of this first seed
+            self.views = controller_views(self.controller_method(first).controller, config)
         results = self.write()
         out_dir = Path(config.out)
         if config.plots:
@@ -380,19 +386,22 @@ class BenchmarkRun:
 
     def _copy_seed_state(self, path: Path, seed: int) -> None:
         """Copy the controller (and stage-0 streams, when saved) of ``seed`` from beside ``path`` into this run's state
-        folder; a file of this run's own is never overwritten."""
-        sources = [p for p in (partial.state_dir_of(path) / f"seed{seed}-dymu.pt", partial.teacher_file(path, seed)) if p.exists()]
-        if not sources or sources[0].name != f"seed{seed}-dymu.pt":
+        folder. A file of this run's own is never overwritten: a copy already there (byte for byte) is kept, any other
+        file of those names, the source's or not, stops the run."""
+        names = (f"seed{seed}-dymu.pt", partial.teacher_file(path, seed).name)
+        source_dir, target = partial.state_dir_of(path), partial.state_dir(self.config)
+        if not (source_dir / names[0]).exists():
             raise FileNotFoundError(f"--seeds-from: {path} finished seed {seed}'s controller but its trained state is not at "
-                                    f"{partial.state_dir_of(path) / f'seed{seed}-dymu.pt'}")
-        target = partial.state_dir(self.config)
-        clashes = [target / p.name for p in sources if (target / p.name).exists()]
+                                    f"{source_dir / names[0]}")
+        clashes = [target / name for name in names if (target / name).exists() and not (
+            (source_dir / name).exists() and filecmp.cmp(source_dir / name, target / name, shallow=False))]
         if clashes:
             raise ValueError(f"--seeds-from: this run already has {', '.join(map(str, clashes))} for seed {seed} without an "
                              f"entry; move it away or write to another --out to take seed {seed} from {path}")
         target.mkdir(parents=True, exist_ok=True)
-        for source in sources:
-            shutil.copy2(source, target / source.name)
+        for name in names:
+            if (source_dir / name).exists() and not (target / name).exists():
+                shutil.copy2(source_dir / name, target / name)
 
     def check_stage0(self, method: ControllerMethod, seed: int) -> None:
         """With baselines from another file: the streams this run's stage 0 trained must be the ones that file's

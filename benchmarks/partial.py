@@ -49,7 +49,7 @@ from dymu.checkpoint import atomic_torch_save
 from .config import C_ONLY, RunConfig
 
 __all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "read_seeds", "same_stage0", "results_path", "state_dir",
-           "state_dir_of", "controller_path", "teacher_path", "teacher_file", "config_differences", "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
+           "state_dir_of", "results_file_of", "controller_path", "teacher_path", "teacher_file", "config_differences", "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
 
 #: RunConfig fields a resumed run may change, and why: none of them changes a number of a finished entry
 IGNORED_FIELDS: dict[str, str] = {
@@ -83,6 +83,13 @@ def state_dir_of(results_file: str | Path) -> Path:
     """The state folder saved beside a results file ``DIR/<stem>.json``: ``DIR/<stem>-state``."""
     results_file = Path(results_file)
     return results_file.parent / f"{results_file.stem}-state"
+
+
+def results_file_of(saved: str | Path) -> Path:
+    """The results file ``DIR/<stem>.json`` of a file saved in its state folder ``DIR/<stem>-state/``."""
+    folder = Path(saved).parent
+    stem = folder.name[: -len("-state")] if folder.name.endswith("-state") else folder.name
+    return folder.parent / f"{stem}.json"
 
 
 def controller_path(config: RunConfig, seed: int) -> Path:

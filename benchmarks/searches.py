@@ -27,7 +27,7 @@ from dymu.path_losses import PathLosses
 from . import protocol
 from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
-from .options import add_saved_controller
+from .options import add_saved_controller, saved_seed
 
 __all__ = ["foreign_rises", "planned_cost", "main"]
 
@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.controller.is_file():
         parser.error(f"no controller file at {args.controller}")
+    args.seed = saved_seed(parser, args.controller, args.seed)
     torch.set_num_threads(args.threads)
     config = make_config(args.benchmark, args.mode or "quick", seeds=[args.seed])
     bench = build_benchmark(args.benchmark, config.data_seed, config.limit, config.data_root)

@@ -6,14 +6,16 @@ trees at once. This tool asks what that sharing costs one tree: the same archite
 * ``cut``: cut from the controller's anchor (and solo streams) as :meth:`dymu.Controller.build_model` cuts it,
   without the weight hypernet's adaptation (BatchNorm statistics as the controller's builds take them);
 * ``stage0``: cut from the controller's frozen stage-0 streams (``seed{N}-teacher.pt`` beside the controller)
-  and trained alone, jointly on the equal preference, for the controller's steps after stage 0: the same
-  training images as the controller;
+  and trained alone, jointly on the equal preference, for the controller's steps after stage 0: as many
+  training images as the controller's later stages saw;
 * ``fresh``: freshly initialised and trained alone for the controller's total steps, as the static baselines
   (``static_equal_cost``) are;
 
 each scored on the run's validation examples (the test split is not read). The two trained ways use the
 static baselines' recipe (:func:`benchmarks.baselines.common.train_static`: Adam, cosine decay, the state
-with the best validation score kept) and the run's batch order.
+with the best validation score kept), and each draws the run's batches from its first epoch (the seed's
+order; the controller's later stages drew later epochs). The run's data settings (batch sizes, data seed,
+validation examples) come from the results file beside the state folder, when there is one.
 
 Usage (a controller a benchmark run saved, with its stage-0 streams)::
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -52,12 +55,15 @@ from .baselines.equal_cost import extra_share_for_budget
 from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
 from .methods import StepBudget
-from .options import add_saved_controller
+from .options import add_saved_controller, saved_seed
+from .partial import results_file_of
 from .orchestrate import git_state
 
 __all__ = ["WAYS", "controller_steps", "tree_of", "plot_main", "main"]
 
 WAYS = ("cut", "stage0", "fresh")
+#: the run's data settings taken from its results file (the data root stays this machine's)
+_RUN_FIELDS = ("batch_size", "eval_batch_size", "data_seed", "limit", "val_examples")
 
 
 def controller_steps(ctrl: dymu.Controller) -> tuple[int, int]:
@@ -89,6 +95,8 @@ def tree_of(ctrl: dymu.Controller, budget: float | None, assignment: Sequence[Se
 def _cut(ctrl: dymu.Controller, tree: Tree) -> torch.nn.Module:
     model = derive_model(ctrl.anchor, tree, None, solo=ctrl.solo)
     if ctrl.bn_stats == "batch":  # as build_model does
+        if ctrl.calibration is None:
+            raise ValueError("this controller re-estimates BatchNorm statistics but holds no calibration inputs")
         recalibrate_batchnorm(model, (b for b in ctrl.calibration.split(128)))
     return model
 
@@ -99,7 +107,7 @@ def _trained(model: torch.nn.Module, ctrl: dymu.Controller, train, val, steps: i
                         loss_scales=ctrl.loss_scales, seed=seed)
     device = torch.device("cpu")
     val_batches = recipe._validation_batches(val, device, lambda: model)
-    train.set_epoch(0)  # the run's batch order
+    train.set_epoch(0)  # the seed's batch order from its first epoch
     return recipe._train_static(model.requires_grad_(True), train, val_batches, recipe.equal_preference_weights(),
                                 steps=steps, device=device, desc=desc, verbose=True)
 
@@ -137,13 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.controller.is_file():
         parser.error(f"no controller file at {args.controller}")
+    args.seed = saved_seed(parser, args.controller, args.seed)
     teacher_file = args.controller.with_name(f"seed{args.seed}-teacher.pt")
     if "stage0" in args.ways and not teacher_file.is_file():
         parser.error(f"the stage0 way needs the controller's stage-0 streams at {teacher_file} (saved by runs with a "
                      "supernet stage); leave it out with --ways cut fresh")
     torch.set_num_threads(args.threads)
-    overrides = {"val_examples": args.val_examples} if args.val_examples else {}
-    config = make_config(args.benchmark, args.mode or "quick", seeds=[args.seed], data_root=args.data_root, **overrides)
+    run_file = results_file_of(args.controller)
+    saved = (json.loads(run_file.read_text()).get("config") or {}) if run_file.is_file() else {}
+    fields = {k: saved.get(k) for k in _RUN_FIELDS}
+    if args.val_examples:
+        fields["val_examples"] = args.val_examples
+    config = make_config(args.benchmark, args.mode or "quick", seeds=[args.seed], data_root=args.data_root, **fields)
     bench = build_benchmark(args.benchmark, config.data_seed, config.limit, config.data_root)
     ctrl = dymu.load(args.controller, tasks=bench.tasks())
     tree = tree_of(ctrl, args.budget, args.tree)
@@ -175,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{way:>7s}: " + "  ".join(f"{t.name} loss {metrics[t.name]['loss']:.4f} {t.primary} "
                                           f"{metrics[t.name][t.primary]:.4f}" for t in ctrl.tasks), flush=True)
     if args.out is not None:
-        write_json(args.out, {"command": "python -m benchmarks.tree_alone " + " ".join(argv), "budget": args.budget,
-                              "controller": str(args.controller), "benchmark": args.benchmark, "mode": config.mode,
+        write_json(args.out, {"command": "python -m benchmarks.tree_alone " + shlex.join(argv), "budget": args.budget,
+                              "controller": str(args.controller), "benchmark": args.benchmark, "mode": args.mode or "quick",
                               "seed": args.seed, "tree": tree.to_dict(), "flops_fraction": flops,
                               "val_examples": config.val_examples, "ways": results, "versions": versions(),
                               "git": git_state()})

@@ -247,8 +247,21 @@ def test_seeds_run_as_separate_processes_gather_into_the_run_over_all_of_them(tm
         assert gathered["methods"][name]["records"] == both["methods"][name]["records"], name
         assert gathered["methods"][name]["hv"] == both["methods"][name]["hv"], name
     assert [part["seeds_from"] for part in gathered["resumed"]] == sources
+    assert gathered["controller_views"] == both["controller_views"]
     assert all((tmp_path / "gathered" / f"{STEM}-state" / f"seed{s}-dymu.pt").exists() for s in (0, 1))
     assert f"Seeds 1 ran as another process of the same options: taken from {sources[1]}" in run.format_markdown(gathered)
+
+    # killed while training a seed of its own, a gathered run resumes with the seeds it took (their copies kept)
+    three = tmp_path / "three"
+    with monkeypatch.context() as patch:
+        patch.setattr(ControllerMethod, "fit", _killed("dymu"))
+        with pytest.raises(KeyboardInterrupt):
+            run.main(_argv(root, three, *methods, "--seeds", "0", "1", "2", "--seeds-from", *sources))
+    assert json.loads((three / f"{STEM}.json").read_text())["seeds"] == [0, 1]
+    assert run.main(_argv(root, three, *methods, "--seeds", "0", "1", "2", "--resume", "--seeds-from", *sources)) == 0
+    resumed = json.loads((three / f"{STEM}.json").read_text())
+    assert resumed["complete"] is True and resumed["seeds"] == [0, 1, 2]
+    assert resumed["methods"]["phn"]["records"][:2] == both["methods"]["phn"]["records"]
 
     with pytest.raises(ValueError, match=r"--seeds-from: .* test_examples \(file 20, now 30\)"):
         run.main([*_argv(root, tmp_path / "other", *methods, "--seeds", "0", "1", "--seeds-from", *sources),

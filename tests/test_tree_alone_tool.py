@@ -12,6 +12,7 @@ from benchmarks import run, tree_alone
 from benchmarks.baselines.common import evaluate_model
 from benchmarks.loaders import run_loaders
 from dymu.data import build_benchmark, write_synthetic_sources
+from dymu.supernet import frozen_copy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,12 +23,11 @@ def test_a_tree_cut_from_the_controller_and_trained_alone_from_its_stage0_stream
     assert run.main(["multifashion", "--data-root", str(root), "--out", str(out), "--steps", "2", "2", "2",
                      "--supernet-steps", "2", "--n-preferences", "3", "--test-examples", "20", "--cost-preferences", "6",
                      "--batch-size", "16", "--eval-batch-size", "20", "--calibration-steps", "1", "--threads", "1",
-                     "--no-plots"]) == 0
+                     "--no-plots", "--supernet-config", "solo=true", "--edge-config", "bn_stats=batch"]) == 0
     state = out / "multifashion-quick-custom-state"
     controller = state / "seed0-dymu.pt"
     tasks = build_benchmark("multifashion", 0, None, str(root)).tasks()
     ctrl = dymu.load(controller, tasks=tasks)
-    anchor_tree = [list(range(2))] * ctrl.n_layers
     one_stream = [[1, 1]] * ctrl.n_layers
     common = ["--benchmark", "multifashion", "--quick", "--seed", "0", "--data-root", str(root), "--val-examples", "40"]
 
@@ -45,16 +45,28 @@ def test_a_tree_cut_from_the_controller_and_trained_alone_from_its_stage0_stream
         tree_alone.main(["plot", str(tmp_path / "two.png"), str(tmp_path / "none.json")])
     assert "none.json" in capsys.readouterr().err
 
-    # the cut way scores what build_model serves for that tree (here the anchor tree, no weight hypernet)
-    assert tree_alone.main([str(controller), *common, "--tree", json.dumps(anchor_tree), "--ways", "cut",
-                            "--out", str(tmp_path / "anchor.json")]) == 0
-    served = ctrl.build_model([0.5, 0.5], budget=1.0, use_weight_hypernet=False)
-    assert served.tree.assignment == tuple(tuple(row) for row in anchor_tree)
-    config = run.make_config("multifashion", "quick", data_root=str(root), val_examples=40)
+    # the cut way scores what build_model serves for that tree, without the weight hypernet: the anchor tree runs the
+    # solo streams, and every tree's BatchNorm statistics are re-estimated as the controller's builds do
+    # (two supernet steps keep no solo stream on validation: give the controller its stage-0 streams as solo streams)
+    ctrl.solo = frozen_copy(ctrl.anchor)
+    ctrl.solo.load_state_dict(torch.load(state / "seed0-teacher.pt", weights_only=True))
+    ctrl.save(controller)
+    assert ctrl.bn_stats == "batch"
+    config = run.make_config("multifashion", "quick", data_root=str(root), val_examples=40, batch_size=16, eval_batch_size=20)
     _, val, _ = run_loaders(build_benchmark("multifashion", 0, None, str(root)), config, 0)
-    expected = evaluate_model(served, ctrl.tasks, list(val), torch.device("cpu"))
-    cut = json.loads((tmp_path / "anchor.json").read_text())["ways"]["cut"]["metrics"]
-    assert cut["top_left"]["loss"] == pytest.approx(expected["top_left"]["loss"], rel=1e-5)
+    for budget in (1.0, ctrl.min_budget):
+        served = ctrl.build_model([0.7, 0.3], budget=budget, use_weight_hypernet=False)
+        tree = [list(row) for row in served.tree.assignment]
+        assert tree_alone.main([str(controller), *common, "--tree", json.dumps(tree), "--ways", "cut",
+                                "--out", str(tmp_path / "served.json")]) == 0
+        expected = evaluate_model(served, ctrl.tasks, list(val), torch.device("cpu"))
+        cut = json.loads((tmp_path / "served.json").read_text())["ways"]["cut"]["metrics"]
+        for task in ("top_left", "bottom_right"):
+            assert cut[task]["loss"] == pytest.approx(expected[task]["loss"], rel=1e-5), (budget, task)
+    # the seed is the controller file's: another one is refused, naming both
+    with pytest.raises(SystemExit):
+        tree_alone.main([str(controller), "--benchmark", "multifashion", "--seed", "1", "--tree", json.dumps(one_stream), "--ways", "cut"])
+    assert "seed 0's" in capsys.readouterr().err
 
     # bad input: a tree of the wrong depth, a missing stage-0 file (named), a budget below the cheapest tree
     with pytest.raises(ValueError, match=f"must have {ctrl.n_layers} layers"):
