@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import re
 import types
 import typing
@@ -264,10 +265,10 @@ def add_saved_controller(parser: argparse.ArgumentParser, benchmarks: Iterable[s
     parser.add_argument("--seed", type=int, default=None, help=seed_help + " (default: N of a file named seed{N}-dymu.pt, else 0)")
 
 
-def saved_seed(parser: argparse.ArgumentParser, controller: Any, seed: int | None) -> int:
+def saved_seed(parser: argparse.ArgumentParser, controller: str | os.PathLike, seed: int | None) -> int:
     """The run's seed of a saved controller: ``seed``, or N of a file named ``seed{N}-dymu.pt``; the parser stops
     when both are given and differ (the seed picks the stage-0 streams beside the file and the batch order)."""
-    match = re.fullmatch(r"seed(\d+)-dymu\.pt", getattr(controller, "name", ""))
+    match = re.fullmatch(r"seed(\d+)-dymu\.pt", os.path.basename(controller))
     named = int(match[1]) if match else None
     if seed is not None and named is not None and seed != named:
         parser.error(f"--seed {seed} but the controller file {controller} is seed {named}'s")

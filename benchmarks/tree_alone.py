@@ -101,12 +101,12 @@ def _cut(ctrl: dymu.Controller, tree: Tree) -> torch.nn.Module:
     return model
 
 
-def _trained(model: torch.nn.Module, ctrl: dymu.Controller, train, val, steps: int, seed: int, desc: str) -> dict[str, Any]:
-    """Train ``model`` alone with the static baselines' recipe; its training record."""
+def _trained(model: torch.nn.Module, ctrl: dymu.Controller, train, val_batches: list, steps: int, seed: int,
+             desc: str) -> dict[str, Any]:
+    """Train ``model`` alone with the static baselines' recipe, selecting on ``val_batches``; its training record."""
     recipe = StaticTree(dymu.backbones.lenet, ctrl.tasks, StepBudget(1, 1, 1), ctrl.affinity, 0.0,
                         loss_scales=ctrl.loss_scales, seed=seed)
     device = torch.device("cpu")
-    val_batches = recipe._validation_batches(val, device, lambda: model)
     train.set_epoch(0)  # the seed's batch order from its first epoch
     return recipe._train_static(model.requires_grad_(True), train, val_batches, recipe.equal_preference_weights(),
                                 steps=steps, device=device, desc=desc, verbose=True)
@@ -166,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"tree {[list(row) for row in tree.assignment]} ({flops:.3f} of the anchor's FLOPs); the controller trained {anchor_steps} stage-0 "
           f"steps of {total}", flush=True)
 
+    val_batches = list(val)  # read once: model selection and every way's score
     results: dict[str, Any] = {}
     for way in args.ways:
         start = time.time()
@@ -176,11 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             streams = frozen_copy(ctrl.anchor)
             streams.load_state_dict(torch.load(teacher_file, map_location="cpu", weights_only=True))
             model = derive_model(streams, tree, None)
-            record = _trained(model, ctrl, train, val, total - anchor_steps, args.seed, "stage0")
+            record = _trained(model, ctrl, train, val_batches, total - anchor_steps, args.seed, "stage0")
         else:
             model = tree_network(dymu.backbones.lenet, ctrl.tasks, tree, args.seed)
-            record = _trained(model, ctrl, train, val, total, args.seed, "fresh")
-        val_batches = list(val)
+            record = _trained(model, ctrl, train, val_batches, total, args.seed, "fresh")
         metrics = evaluate_model(model.eval(), ctrl.tasks, val_batches, torch.device("cpu"))
         results[way] = {"metrics": metrics, "seconds": time.time() - start,
                         "steps": {"cut": 0, "stage0": total - anchor_steps, "fresh": total}[way],
