@@ -135,6 +135,7 @@ class ControllerMethod(Method):
             source = self.anchor_from.controller
             ctrl.anchor.load_state_dict(source.anchor.state_dict())
             ctrl.solo = source.solo  # frozen after the supernet stage: shared, as the teacher is
+            ctrl.own_trees = source.own_trees  # likewise
             ctrl.loss_scales = source.loss_scales.clone()
             ctrl.calibration = source.calibration
             ctrl.affinity = source.affinity
@@ -190,6 +191,7 @@ class ControllerMethod(Method):
     def stored_modules(self):
         ctrl = self.controller
         mods = [ctrl.anchor, ctrl.edge] + ([ctrl.solo] if ctrl.solo is not None else [])
+        mods += [ctrl.own_trees] if ctrl.own_trees is not None else []
         if self.use_weight_hypernet:
             mods.append(ctrl.weight)
         return mods

@@ -219,12 +219,13 @@ def key_values(text: str) -> list[tuple[str, str]]:
 
 
 def parse_fields(text: str, cls: type) -> dict[str, Any]:
-    """``"KEY=VALUE,KEY=VALUE"`` -> ``{field: value}`` for fields of the dataclass ``cls`` of type bool, int, float or
-    str, each value converted by its field's type.
+    """``"KEY=VALUE,KEY=VALUE"`` -> ``{field: value}`` for fields of the dataclass ``cls`` of type bool, int, float,
+    str or ``tuple[float, ...]`` (values separated by ``/``, none for the empty tuple), each value converted by its
+    field's type.
 
     >>> import dymu
-    >>> parse_fields("budget_trees=2,solo=true,lr=0.001", dymu.SupernetConfig)
-    {'budget_trees': 2, 'solo': True, 'lr': 0.001}
+    >>> parse_fields("budget_trees=2,solo=true,lr=0.001,own_trees=0/0.4", dymu.SupernetConfig)
+    {'budget_trees': 2, 'solo': True, 'lr': 0.001, 'own_trees': (0.0, 0.4)}
 
     Raises:
         ValueError: a part without ``=``, an unknown field (naming the known ones), a field of another type, or a
@@ -242,6 +243,11 @@ def parse_fields(text: str, cls: type) -> dict[str, Any]:
                 out[key] = flag(value)
             except ValueError as error:
                 raise ValueError(f"{key}={value!r}: {error}") from None
+        elif kind == tuple[float, ...]:
+            try:
+                out[key] = tuple(float(v) for v in value.split("/") if v.strip())
+            except ValueError as error:
+                raise ValueError(f"{key}={value!r}: expected numbers separated by '/'") from error
         elif kind in (int, float, str):
             try:
                 out[key] = kind(value)

@@ -280,6 +280,9 @@ class BenchmarkRun:
         self.skipped = list(described.get("settings_skipped", []))
         self.costs = dict(old.get("measured_costs") or {})
         kept = [[seed, name] for name in config.methods for seed in sorted(self.entries[name])]
+        # seeds whose baselines came from another file: their controller, trained here, must start from the same stage 0
+        self.taken_seeds.update(int(seed) for item in old.get("resumed") or [] if item.get("baselines_from")
+                                for seed, _ in item.get("kept") or [])
         self.resumed = list(old.get("resumed") or []) + [{"at": _now(), "git": self.git, "kept": kept}]
         for seed in config.seeds:
             self.summarise(seed)  # entries that waited for their seed's single-task metrics
@@ -289,10 +292,13 @@ class BenchmarkRun:
         """Take over the entries of ``path`` that do not depend on the controller's split after stage 0."""
         config = self.config
         old = partial.read_baselines(path, config, self.bench.checksum)
-        missing = [p for p in (partial.teacher_file(path, seed) for seed in config.seeds) if not p.exists()]
+        # where the saved streams are gone, the file's record of them (a digest, or their test losses) checks this run's
+        missing = [partial.teacher_file(path, seed) for seed in config.seeds
+                   if not partial.teacher_file(path, seed).exists() and partial.stage0_record(old, seed) is None]
         if missing:  # before any training: the check after stage 0 needs them
             raise FileNotFoundError(f"--baselines-from: the stage-0 streams the baselines of {path} were trained from are "
-                                    f"not at {', '.join(map(str, missing))}; without them this run's stage 0 cannot be checked")
+                                    f"not at {', '.join(map(str, missing))}, and the file records no digest or test "
+                                    "losses of them; without them this run's stage 0 cannot be checked")
         entries = partial.finished_entries(old, config.methods)
         kept = []
         self.taken_seeds.update(config.seeds)
@@ -330,10 +336,15 @@ class BenchmarkRun:
             if not mine.exists():  # this run has not trained the seed's controller yet: it trains its baselines too
                 self.say(f"--baselines-from: seed {seed} has no stage-0 streams at {mine} yet; {wanted} not taken")
                 continue
-            if not theirs.exists():
-                raise FileNotFoundError(f"--baselines-from: {path} has seed {seed}'s {wanted} but not the stage-0 "
-                                        f"streams they were trained from ({theirs}): they cannot be checked")
-            if not partial.same_stage0(mine, theirs):
+            record = partial.stage0_record(old, seed) if not theirs.exists() else None
+            if not theirs.exists() and (record is None or "digest" not in record):
+                raise FileNotFoundError(f"--baselines-from: {path} has seed {seed}'s {wanted} but neither the stage-0 "
+                                        f"streams they were trained from ({theirs}) nor their digest: they cannot be checked")
+            if record is not None:
+                if partial.stage0_digest(mine) != record["digest"]:
+                    raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from those {path} recorded "
+                                     "(SHA-256): its baselines were trained from other streams")
+            elif not partial.same_stage0(mine, theirs):
                 raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from {theirs}: its baselines "
                                  "were trained from other streams")
             for name in wanted:
@@ -403,16 +414,40 @@ class BenchmarkRun:
             if (source_dir / name).exists() and not (target / name).exists():
                 shutil.copy2(source_dir / name, target / name)
 
-    def check_stage0(self, method: ControllerMethod, seed: int) -> None:
+    def check_stage0(self, method: ControllerMethod, seed: int, test) -> None:
         """With baselines from another file: the streams this run's stage 0 trained must be the ones that file's
-        baselines were trained from (its saved teacher); a ValueError otherwise."""
+        baselines were trained from: its saved teacher, bit for bit; where that is gone, the SHA-256 it recorded
+        (:func:`benchmarks.partial.stage0_digest`); in a file from before the digest, the stage-0 anchor tree's per-task
+        test losses it recorded (``supernet_effect``), float for float, measured here on ``test`` as there. A ValueError
+        otherwise, before the controller is saved or evaluated. How it was checked goes into the ``resumed`` record."""
         if self.baselines_from is None or method.teacher is None or seed not in self.taken_seeds:
             return
-        saved = partial.teacher_file(self.baselines_from, seed)
-        if not partial.same_stage0(method.teacher, saved):
-            raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from {saved}: the taken-over "
-                             "baselines were trained from other streams; run without --baselines-from")
-        self.say(f"seed {seed}: stage-0 streams identical to {saved}")
+        path = self.baselines_from
+        saved = partial.teacher_file(path, seed)
+        if saved.exists():
+            how = f"the saved streams {saved}, bit for bit"
+            same = partial.same_stage0(method.teacher, saved)
+        else:
+            record = partial.stage0_record(partial.read_baselines(path, self.config, self.bench.checksum), seed)
+            if record is None:
+                raise FileNotFoundError(f"--baselines-from: neither {saved} nor a record of seed {seed}'s stage-0 streams "
+                                        f"in {path}: this run's stage 0 cannot be checked")
+            if "digest" in record:
+                how = "their SHA-256 recorded in the file"
+                same = partial.stage0_digest(method.teacher) == record["digest"]
+            else:
+                how = "their anchor tree's per-task test losses recorded in the file, float for float"
+                teacher = method.teacher.eval()
+                anchor_tree = [list(range(len(self.tasks)))] * teacher.n_layers
+                mine = dymu.anchor.tree_losses(teacher, self.tasks, anchor_tree, test, self.device).tolist()
+                same = [float(v) for v in mine] == record["test_losses"]
+        if not same:
+            raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from those of {path} (checked by "
+                             f"{how}): the taken-over baselines were trained from other streams; run without --baselines-from")
+        self.say(f"seed {seed}: stage-0 streams identical to those of {path} (checked by {how})")
+        for item in self.resumed:
+            if item.get("baselines_from") is not None and any(int(s) == seed for s, _ in item.get("kept") or []):
+                item.setdefault("stage0_checked_by", {})[str(seed)] = how
 
     def controller_method(self, seed: int) -> ControllerMethod:
         """The controller of ``seed``: loaded from the state saved beside the results (its entry is finished)."""
@@ -457,7 +492,7 @@ class BenchmarkRun:
             fit_seconds = time.time() - started
             if name == "dymu":
                 dymu_method = method
-                self.check_stage0(method, seed)
+                self.check_stage0(method, seed, test)
                 partial.save_controller_method(method, config, seed)
                 self.dynamic_settings(method, seed)
             settings = protocol.settings_for(method)[0]
@@ -480,6 +515,7 @@ class BenchmarkRun:
                 entry.update(tree=method.tree.to_dict(), extra_share=method.extra_share)
             if name == "dymu" and method.teacher is not None:
                 entry["supernet_effect"] = supernet_effect(method.controller, method.teacher, test, self.device)
+                entry["stage0_digest"] = partial.stage0_digest(method.teacher)
                 entry["supernet"] = {k: v for k, v in method.controller.stages.get("supernet", {}).items() if k != "log"}
             if name == "single_task":
                 # the reference of the seed's loss space and Delta_MTL (records keep no metrics in the file)

@@ -35,6 +35,7 @@ controller finished there.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,7 +49,7 @@ from dymu.checkpoint import atomic_torch_save
 
 from .config import C_ONLY, RunConfig
 
-__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "read_seeds", "same_stage0", "results_path", "state_dir",
+__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "read_seeds", "same_stage0", "stage0_digest", "stage0_record", "results_path", "state_dir",
            "state_dir_of", "results_file_of", "controller_path", "teacher_path", "teacher_file", "config_differences", "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
 
 #: RunConfig fields a resumed run may change, and why: none of them changes a number of a finished entry
@@ -170,6 +171,34 @@ def read_seeds(path: str | Path, config: RunConfig, data_checksum: str | None) -
         raise ValueError(f"--seeds-from: {path} was written by a run with a different config: " + "; ".join(differences))
     _check_same_data(old, data_checksum, path, "--seeds-from")
     return old
+
+
+def stage0_digest(teacher: torch.nn.Module | str | Path) -> str:
+    """A SHA-256 of the stage-0 streams' state (a module, or streams saved at a path; every tensor's name, dtype, shape
+    and bytes): recorded with the controller's entry, so that a later ``--baselines-from`` can check its stage 0 against
+    a results file without its state folder."""
+    state = teacher.state_dict() if isinstance(teacher, torch.nn.Module) else torch.load(teacher, map_location="cpu",
+                                                                                           weights_only=True)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def stage0_record(old: Mapping[str, Any], seed: int) -> dict[str, Any] | None:
+    """What a results file recorded of ``seed``'s stage-0 streams besides the saved file: ``{"digest": ...}`` (entries
+    written since the digest was recorded), else ``{"test_losses": [...]}`` (the stage-0 anchor tree's per-task test
+    losses, ``supernet_effect``), else None."""
+    item = finished_entries(old, ["dymu"]).get("dymu", {}).get(seed)
+    if item is not None:
+        if item.get("stage0_digest"):
+            return {"digest": item["stage0_digest"]}
+        before = ((item.get("supernet_effect") or {}).get("anchor") or {}).get("before")
+        if before:
+            return {"test_losses": [float(v) for v in before]}
+    return None
 
 
 def same_stage0(teacher: torch.nn.Module | str | Path, saved: str | Path) -> bool:

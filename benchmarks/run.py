@@ -123,7 +123,8 @@ def stage_overrides(config: RunConfig, supernet: str | None, edge: str | None) -
     changes: dict[str, Any] = {}
     for name, text, cls in (("supernet_config", supernet, dymu.SupernetConfig), ("edge_config", edge, dymu.EdgeConfig)):
         if text is not None:
-            fields = parse_fields(text, cls)
+            # a tuple field as a list: what the results file's JSON reads back, so that --resume compares equal
+            fields = {k: list(v) if isinstance(v, tuple) else v for k, v in parse_fields(text, cls).items()}
             reserved = sorted({"steps", "seed"} & set(fields))
             if reserved:
                 raise ValueError(f"--{name.replace('_', '-')}: {reserved} are the run's to set (--steps, --supernet-steps, "

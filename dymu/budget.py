@@ -216,6 +216,14 @@ def priced_rise(assignment: Sequence[Sequence[int]], preference: Sequence[float]
     return float(sum(weights[k] * path_losses.rise(k, [row[k] for row in assignment], k in alone) for k in range(n_tasks)))
 
 
+def priced_own_tree(index: int, preference: Sequence[float], path_losses: PathLosses) -> float:
+    """:func:`priced_rise` of own tree ``index`` of ``path_losses`` (:attr:`~dymu.path_losses.PathLosses.own_trees`):
+    ``sum_k (r_k + 0.1 / N) * rise_k``, each task's rise its measured loss on the own tree's weights over its own stream."""
+    n_tasks = path_losses.n_tasks
+    weights = np.asarray(preference, dtype=float) + 0.1 / n_tasks
+    return float(sum(weights[k] * path_losses.own_tree_rise(index, k) for k in range(n_tasks)))
+
+
 #: a node with more children than this offers each child alone as a split, not every union of children
 MAX_CHILDREN_UNIONS = 8
 

@@ -51,6 +51,7 @@ from .planner import MEASURED_SEARCHES, SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
 from .progress import quiet_from_env
 from .resume import checkpointing
+from .own_trees import OwnTrees, own_tree_assignments
 from .solo import solo_adaptation, with_solo
 from .stage_configs import SupernetConfig
 from .supernet import frozen_copy, sandwich_blocks_per_image, train_supernet
@@ -147,6 +148,7 @@ class Controller:
         self.search = "hypernet"
         self.path_losses: PathLosses | None = None
         self.solo: AnchorNet | None = None
+        self.own_trees: OwnTrees | None = None
         self.stages: dict[str, Any] = {}
         self._cache: OrderedDict[tuple, tuple[BuildPlan, Adaptation | None]] = OrderedDict()
 
@@ -239,6 +241,8 @@ class Controller:
         result = train_anchor(self.anchor, self.tasks, train, val, config, device, verbose,
                               checkpointing=checkpointing(checkpoint, checkpoint_every, resume))
         self.solo = None  # solo streams continue the stage-0 streams they were copied from
+        self.own_trees = None  # and so do own trees
+        self.path_losses, self.search = None, "hypernet"  # the table was measured on the streams just replaced
         self.set_loss_scales(val if val is not None else train, device=device)
         self.stages["anchor"] = {"config": asdict(config), "seconds": result["seconds"], "best_val": result["best"]}
         self._invalidate()
@@ -335,19 +339,26 @@ class Controller:
             for r, budget, c in requests if requests is not None else self.validation_requests():
                 plan = plan_request(r, budget, c)
                 adaptation = self._adaptation(plan) if adapted else None
-                key = (plan.tree.assignment, None if adaptation is None else (tuple(r), plan.c))
+                key = (plan.tree.assignment, plan.own_weights, None if adaptation is None else (tuple(r), plan.c))
                 if key not in cache:
-                    cache[key] = self._tree_losses(plan.tree.assignment, adaptation, batches, device)
+                    cache[key] = self._tree_losses(plan.tree.assignment, adaptation, batches, device, own_weights=plan.own_weights)
                 scores.append(float((torch.as_tensor(r, dtype=torch.float32, device=device) * scales * cache[key]).sum()))
         return float(np.mean(scores))
 
     def _tree_losses(self, assignment, adaptation: Adaptation | None, batches: list, device: torch.device,
-                     batch_statistics: bool | None = None) -> Tensor:
-        """Each task's loss ``[N]`` for one tree as :meth:`build_model` runs it (solo streams included), in the
-        mode the anchor is in (``batch_statistics``: in that scoring mode, :func:`dymu.anchor.scoring_mode`)."""
+                     batch_statistics: bool | None = None, own_weights: bool = False) -> Tensor:
+        """Each task's loss ``[N]`` for one tree as :meth:`build_model` runs it (solo streams included; ``own_weights``:
+        on its own tree's weights, as a plan with ``own_weights`` runs), in the mode the anchor is in
+        (``batch_statistics``: in that scoring mode, :func:`dymu.anchor.scoring_mode`)."""
         if batch_statistics is not None:
             with scoring_mode(self.anchor, batch_statistics):
-                return self._tree_losses(assignment, adaptation, batches, device)
+                return self._tree_losses(assignment, adaptation, batches, device, own_weights=own_weights)
+        own = self.own_trees.net_for(assignment) if own_weights and self.own_trees is not None else None
+        if own_weights and own is None:
+            raise ValueError(f"no own tree {assignment} in this controller")
+        if own is not None:  # unadapted, in the mode the anchor is scored in, as solo streams
+            with scoring_mode(own, self.anchor.training):
+                return tree_losses(own, self.tasks, assignment, batches, device)
         anchor = with_solo(self.anchor, self.solo, assignment)
         nodes, heads = solo_adaptation(assignment, anchor is not self.anchor,
                                        adaptation.node if adaptation is not None else None,
@@ -387,7 +398,9 @@ class Controller:
         over the first ``val_samples`` validation images) and the best state is kept, the stage-0
         streams included: the stage switches itself off when it does not help on validation. The
         per-task validation losses of the anchor tree and of the cheapest tree before and after are in
-        ``stages["supernet"]["trees"]``. With ``config.solo`` the stage also continues the stage-0 streams on its
+        ``stages["supernet"]["trees"]``. With ``config.own_trees`` the stage also trains each own tree alone on its
+        batches (:mod:`dymu.own_trees`, :attr:`own_trees`; each tree's kept step and validation score in
+        ``stages["supernet"]["own_trees"]``). With ``config.solo`` the stage also continues the stage-0 streams on its
         batches (:mod:`dymu.solo`); each task keeps that solo stream only where it beats the supernet's on
         validation (``stages["supernet"]["solo"]``, :attr:`solo`). Checkpoints as in :meth:`fit_anchor`. ``steps=0`` skips the stage
         (nothing is recorded). One process only: under ``torchrun``, train it on one rank, ``save`` the
@@ -402,15 +415,19 @@ class Controller:
         if "edge" in self.stages:
             raise ValueError("the supernet stage comes before the edge hypernet: fit_supernet, then fit_edge")
         self.anchor.to(device)
-        self.solo = None  # the supernet's scores measure the supernet alone; the solo streams join after
+        self.solo = self.own_trees = None  # the supernet's scores measure the supernet alone; solo streams join after
         teacher = frozen_copy(self.anchor)
         solo = copy.deepcopy(teacher) if config.solo else None
+        own = None
+        if config.own_trees:
+            own = OwnTrees(teacher, own_tree_assignments(self.cost_table, self._affinity_matrix(), config.own_trees))
+            own.train().requires_grad_(True)
         batches = self._validation_batches(val, val_samples) if val is not None else None
         before = self._supernet_trees(batches, device) if batches is not None else None
         result = train_supernet(
             self.anchor, teacher, self.tasks, train, self.loss_scales, self.cost_table, self._affinity_matrix(), config, device, verbose,
             select=None if batches is None else (lambda: self._supernet_score(batches, config.tree_family)),
-            solo=solo, val_batches=batches,
+            solo=solo, own=own, val_batches=batches,
             checkpointing=checkpointing(checkpoint, checkpoint_every, resume),
         )
         self._record("supernet", config, result)
@@ -418,6 +435,15 @@ class Controller:
                                                                                 self._affinity_matrix())
         if solo is not None:
             self.stages["supernet"]["solo"] = self._keep_better_streams(solo, batches, device)
+        if own is not None:
+            self.own_trees = own
+            selection = result["selection"]
+            self.stages["supernet"]["own_trees"] = [
+                {"assignment": [list(row) for row in a], "flops": self.cost_table.tree_flops(a),
+                 "kept_step": (selection.get("own_steps") or [None] * len(own))[i],
+                 "val_score": (selection.get("own_scores") or [None] * len(own))[i]}
+                for i, a in enumerate(own.assignments)]
+            self._invalidate()
         if batches is not None:
             after = self._supernet_trees(batches, device)
             self.stages["supernet"]["trees"] = {
@@ -591,6 +617,12 @@ class Controller:
         if self.solo is not None:  # each task's loss alone on its solo stream, on the same images
             solo = self._anchor_tree_losses(batches, device)
             table = replace(table, solo=np.asarray(mean_over_ranks(solo.tolist(), device)))  # one table on every rank
+        if self.own_trees is not None:  # each own tree's losses on its own weights, on the same images, scored alike
+            batch_statistics = self.bn_stats == "batch"
+            own = tuple((a, np.asarray(mean_over_ranks(
+                self._tree_losses(a, None, batches, device, batch_statistics=batch_statistics, own_weights=True).tolist(),
+                device))) for a in self.own_trees.assignments)
+            table = replace(table, own_trees=own)
         self.path_losses = table
         self._invalidate()
         return self.path_losses
@@ -687,7 +719,7 @@ class Controller:
             if cached[1] is not None or not adapted:
                 return cached
         plan = cached[0] if cached is not None else self.planner.plan(r, budget, c)
-        adaptation = self._adaptation(plan) if adapted else None
+        adaptation = self._adaptation(plan) if adapted and not plan.own_weights else None  # own trees run unadapted
         self._cache[key] = (plan, adaptation)
         if len(self._cache) > 256:
             self._cache.popitem(last=False)
@@ -738,8 +770,15 @@ class Controller:
         start = time.perf_counter()
         plan, adaptation = self._plan_and_adaptation(preferences, budget, c, adapted=use_weight_hypernet)
         info = plan.as_dict()
-        info["weight_hypernet"] = use_weight_hypernet
-        model = derive_model(self.anchor, plan.tree, adaptation, info=info, solo=self.solo)
+        info["weight_hypernet"] = use_weight_hypernet and not plan.own_weights
+        if plan.own_weights:  # an own tree runs its own weights, unadapted (the weight hypernet learnt the supernet's)
+            own = self.own_trees.net_for(plan.tree.assignment) if self.own_trees is not None else None
+            if own is None:
+                raise ValueError(f"the plan serves own tree {plan.tree.assignment}, which this controller does not hold: "
+                                 "measure the path losses again (measure_paths) after changing its own trees")
+            model = derive_model(own, plan.tree, None, info=info)
+        else:
+            model = derive_model(self.anchor, plan.tree, adaptation, info=info, solo=self.solo)
         if self.bn_stats == "batch":
             if self.calibration is None:
                 raise ValueError("this controller re-estimates BatchNorm statistics but holds no calibration inputs")
@@ -812,6 +851,9 @@ class Controller:
             "search": self.search,
             "path_losses": self.path_losses.to_dict() if self.path_losses is not None else None,
             "solo": self.solo.state_dict() if self.solo is not None else None,
+            "own_trees": None if self.own_trees is None else {
+                "assignments": [[list(row) for row in a] for a in self.own_trees.assignments],
+                "weights": self.own_trees.state_dict()},
             "stages": self.stages,
         }
 
@@ -847,6 +889,10 @@ class Controller:
                 ctrl.solo = copy.deepcopy(ctrl.anchor)
                 ctrl.solo.load_state_dict(state["solo"])
                 ctrl.solo.eval().requires_grad_(False)
+            if state.get("own_trees") is not None:
+                ctrl.own_trees = OwnTrees(ctrl.anchor, state["own_trees"]["assignments"])
+                ctrl.own_trees.load_state_dict(state["own_trees"]["weights"])
+                ctrl.own_trees.eval().requires_grad_(False)
         except RuntimeError as error:
             raise ValueError(f"the weights do not fit this backbone and these tasks: {error}") from error
         ctrl.affinity = AffinityResult.from_dict(state["affinity"]) if state.get("affinity") else None
@@ -884,6 +930,8 @@ class Controller:
         self.anchor.to(device)
         if self.solo is not None:
             self.solo.to(device)
+        if self.own_trees is not None:
+            self.own_trees.to(device)
         self.edge.to(device)
         self.weight.to(device)
         self._invalidate()

@@ -73,9 +73,20 @@ class PathLosses:
     losses: np.ndarray
     samples: int = 0
     solo: np.ndarray | None = None
+    #: ``((assignment [L][N], losses [N]), ...)``: each own tree's per-task losses on its own weights (:mod:`dymu.own_trees`)
+    own_trees: tuple = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "losses", np.asarray(self.losses, dtype=float))
+        own = []
+        for assignment, losses in self.own_trees:
+            rows = tuple(tuple(int(v) for v in row) for row in assignment)
+            values = np.asarray(losses, dtype=float)
+            if np.shape(rows) != (self.n_layers, self.n_tasks) or np.shape(values) != (self.n_tasks,) or not np.isfinite(values).all():
+                raise ValueError(f"an own tree needs a [{self.n_layers}][{self.n_tasks}] assignment and {self.n_tasks} finite "
+                                 f"losses, got {rows} and {values}")
+            own.append((rows, values))
+        object.__setattr__(self, "own_trees", tuple(own))
         if self.solo is not None:
             object.__setattr__(self, "solo", np.asarray(self.solo, dtype=float))
             if np.shape(self.solo) != (self.n_tasks,) or not np.isfinite(self.solo).all():
@@ -104,16 +115,22 @@ class PathLosses:
             return float(self.solo[task]) / max(self.own(task), 1e-12) - 1.0
         return self.relative_increase(task, path)
 
+    def own_tree_rise(self, index: int, task: int) -> float:
+        """Own tree ``index``'s loss for ``task`` (:attr:`own_trees`) over the task's own stream: ``loss / own(task) - 1``."""
+        return float(self.own_trees[index][1][task]) / max(self.own(task), 1e-12) - 1.0
+
     def to_dict(self) -> dict[str, Any]:
         return {"n_tasks": self.n_tasks, "n_layers": self.n_layers, "samples": self.samples,
                 "losses": np.asarray(self.losses, dtype=float).tolist(),
-                "solo": None if self.solo is None else np.asarray(self.solo, dtype=float).tolist()}
+                "solo": None if self.solo is None else np.asarray(self.solo, dtype=float).tolist(),
+                "own_trees": [{"assignment": [list(row) for row in a], "losses": v.tolist()} for a, v in self.own_trees]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PathLosses:
         solo = data.get("solo")
+        own = tuple((item["assignment"], item["losses"]) for item in data.get("own_trees", ()))
         return cls(int(data["n_tasks"]), int(data["n_layers"]), np.asarray(data["losses"], dtype=float), int(data.get("samples", 0)),
-                   None if solo is None else np.asarray(solo, dtype=float))
+                   None if solo is None else np.asarray(solo, dtype=float), own)
 
 
 @torch.no_grad()

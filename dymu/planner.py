@@ -36,6 +36,10 @@ Five searches for a budget in budget mode (``search``), chosen on validation aft
   budget (:func:`dymu.family.family_tree`, the trees a supernet stage with ``tree_family="affinity"`` trains)
   filled the same way, whichever the measured path losses price lower for the preference: a greedy merge
   from the anchor need not find the trees the streams were trained as.
+
+With own trees (:mod:`dymu.own_trees`; their measured losses in :attr:`dymu.path_losses.PathLosses.own_trees`), every
+measured search then compares its tree with each own tree that fits the budget, priced the same way on the own tree's
+measured losses, and serves the lowest priced (``BuildPlan.own_weights``; ties keep the search's tree).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import torch
 from affinity.tree import Tree
 from hyper import EdgeHypernet, budget_pressure, most_likely_parents
 
-from .budget import CostTable, fill_budget, merged_anchor, priced_rise, shrink_to_budget
+from .budget import CostTable, fill_budget, merged_anchor, priced_own_tree, priced_rise, shrink_to_budget
 from .family import affinity_family, family_tree
 from .path_losses import PathLosses
 
@@ -82,6 +86,7 @@ class BuildPlan:
         fallback: True when no proposal fitted and branches were merged after the hypernet.
         mode: ``"budget"`` or ``"paper"``.
         search: one of :data:`SEARCHES`: what decided the tree (see the module docstring).
+        own_weights: the tree is an own tree (:mod:`dymu.own_trees`) and runs its own copy of the streams.
     """
 
     tree: Tree
@@ -93,6 +98,7 @@ class BuildPlan:
     fallback: bool
     mode: str
     search: str = "hypernet"
+    own_weights: bool = False
 
     @property
     def shrunk(self) -> bool:
@@ -110,6 +116,7 @@ class BuildPlan:
             "fallback": self.fallback,
             "shrunk": self.fallback,
             "search": self.search,
+            "own_weights": self.own_weights,
             "tree": self.tree.to_dict(),
         }
 
@@ -218,9 +225,26 @@ class Planner:
                                    fill=self.search in ("fill", "family"))
         if self.search == "family":
             assignment = self._family_or(assignment, preference, budget)
-        return self._budget_plan(assignment, preference, budget, self.search)
+        own = False
+        if measured is not None:
+            assignment, own = self._own_tree_or(assignment, preference, budget)
+        return self._budget_plan(assignment, preference, budget, self.search, own)
 
-    def _budget_plan(self, assignment, preference: np.ndarray, budget: float, search: str) -> BuildPlan:
+    def _own_tree_or(self, chosen, preference: np.ndarray, budget: float) -> tuple[tuple[tuple[int, ...], ...], bool]:
+        """``chosen`` or the own tree within ``budget`` that the measured losses price lowest for the preference, if
+        lower than ``chosen`` (ties keep ``chosen``); and whether it is an own tree."""
+        assert self.path_losses is not None  # measured searches only
+        allowed = budget * self.table.anchor_flops
+        best, best_price, own = tuple(tuple(row) for row in chosen), priced_rise(chosen, preference, self.path_losses), False
+        for index, (assignment, _) in enumerate(self.path_losses.own_trees):
+            if self.table.tree_flops(assignment) > allowed:
+                continue
+            price = priced_own_tree(index, preference, self.path_losses)
+            if price < best_price:
+                best, best_price, own = assignment, price, True
+        return best, own
+
+    def _budget_plan(self, assignment, preference: np.ndarray, budget: float, search: str, own_weights: bool = False) -> BuildPlan:
         table = self.table
         return BuildPlan(
             tree=Tree(self.task_names, assignment),
@@ -232,6 +256,7 @@ class Planner:
             fallback=False,
             mode=self.mode,
             search=search,
+            own_weights=own_weights,
         )
 
     def family_tree(self, budget: float) -> tuple[tuple[int, ...], ...]:

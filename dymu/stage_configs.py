@@ -170,6 +170,10 @@ class SupernetConfig(_Presets):
             run it wherever a tree leaves a task alone on its own stream (:mod:`dymu.solo`). [choice] off
             by default: it stores a second copy of the streams; the benchmarks' presets set it where
             validation chose it.
+        own_trees: budgets (fractions of the anchor's FLOPs) whose nested affinity tree also trains alone, on its
+            own copy of the stage-0 streams, on this stage's batches, and is served from that copy where the
+            measured search prices it lower (:mod:`dymu.own_trees`). [choice] empty by default: each own tree stores
+            one more copy of the streams.
         seed: seeds tree draws (None: the controller's seed).
     """
 
@@ -188,11 +192,18 @@ class SupernetConfig(_Presets):
     tree_family: str = "merge"
     family_one_stream: str = "root"
     solo: bool = False
+    own_trees: tuple[float, ...] = ()
     seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0 (0 skips the stage), got {self.steps}")
+        budgets = []
+        for value in self.own_trees:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"own_trees holds budgets (fractions of the anchor's FLOPs) in [0, 1], got {value!r}")
+            budgets.append(float(value))
+        self.own_trees = tuple(sorted(set(budgets)))
         if not isinstance(self.solo, bool):
             raise ValueError(f"solo must be True or False, got {self.solo!r}")
         if self.bn not in ("batch", "anchor"):

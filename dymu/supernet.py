@@ -15,6 +15,9 @@ build, a sandwich per step (slimmable / once-for-all networks):
   (:mod:`dymu.family`), whose one-stream tree then replaces the drawn one (``family_one_stream="root"``) or
   not (``"drawn"``).
 
+With ``own_trees`` the stage also trains a few budget trees alone, each on its own copy of the stage-0 streams
+(:mod:`dymu.own_trees`), on the same batches; they are served where the measured search prices them lower.
+
 Each task's last features (the input of its head) are distilled toward its frozen single-task
 stream's through a task-specific adaptor (a 1x1 convolution initialised to the identity; Li & Bilen,
 "Knowledge Distillation for Multi-task Learning", 2020; Li, Liu & Bilen, "Universal Representations"):
@@ -42,10 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .anchor import AnchorNet, frozen_batchnorm_statistics, run_tree
+from .anchor import AnchorNet, frozen_batchnorm_statistics, run_tree, tree_losses
 from .budget import CostTable, merged_anchor
 from .distributed import rank_world
 from .family import affinity_family, family_tree
+from .own_trees import OwnTrees, own_tree_assignments
 from .progress import quiet_from_env
 from .loop import Batch, KeepBest, Part, StepInfo, TrainLoop
 from .resume import Checkpointing
@@ -170,7 +174,8 @@ def tree_blocks(assignment: Sequence[Sequence[int]]) -> int:
 def sandwich_blocks_per_image(config: SupernetConfig, table: CostTable, affinity: np.ndarray | None) -> float:
     """The mean number of backbone blocks one training image runs forward per step of :func:`train_supernet`
     with ``config``: every tree of the step's sandwich (:func:`tree_blocks`), the frozen teacher's ``N x L``
-    with feature distillation, the solo streams' ``N x L`` with ``config.solo``.
+    with feature distillation, the solo streams' ``N x L`` with ``config.solo``, each own tree's blocks
+    (:mod:`dymu.own_trees`).
 
     Replays the stage's tree draws (its generator is seeded by ``config.seed`` and draws nothing else; the trees
     also depend on ``table`` and ``affinity``, which must be the ones the stage ran with), so it is what the stage
@@ -186,6 +191,7 @@ def sandwich_blocks_per_image(config: SupernetConfig, table: CostTable, affinity
                           config.tree_family, config.family_one_stream)
     streams = table.n_tasks * table.n_layers
     extra = streams * ((config.distill == "features" and config.distill_weight > 0) + bool(config.solo))
+    extra += sum(tree_blocks(a) for a in own_tree_assignments(table, affinity, config.own_trees))
     total = sum(sum(tree_blocks(assignment) for assignment, _ in trees.draw()) for _ in range(config.steps))
     return total / config.steps + extra if config.steps else 0.0
 
@@ -236,6 +242,7 @@ def train_supernet(
     *,
     select: Callable[[], float] | None = None,
     solo: AnchorNet | None = None,
+    own: OwnTrees | None = None,
     val_batches: Sequence[Batch] | None = None,
     checkpointing: Checkpointing | None = None,
 ) -> dict[str, Any]:
@@ -251,6 +258,11 @@ def train_supernet(
     defaults, cosine over this stage's steps); with ``select`` each of its streams keeps its best
     validation state by its task's primary metric on ``val_batches`` (required then), the stage-0 state included.
 
+    ``own`` (with ``config.own_trees``): copies of the stage-0 streams, each trained on its tree alone on every batch
+    of this stage (:mod:`dymu.own_trees`; every task's loss times its loss scale; stage 0's optimiser settings, cosine
+    over this stage's steps); with ``select`` each keeps its best validation state by ``mean_k w_k L_k`` on
+    ``val_batches``, the stage-0 state included.
+
     Returns ``{"log", "seconds", "selection": {"best_step", "best_score", "initial_score", "history"},
     "resumed_at"}``; ``best_step`` 0 means the stage-0 streams were kept (``initial_score``: theirs); with
     ``solo``, ``selection["solo_steps"]``: the step each solo stream was kept at.
@@ -262,6 +274,10 @@ def train_supernet(
         raise ValueError("config.solo and the solo streams go together: pass solo= exactly when config.solo is set")
     if solo is not None and select is not None and not val_batches:
         raise ValueError("solo streams selected on validation need val_batches")
+    if bool(config.own_trees) != (own is not None):
+        raise ValueError("config.own_trees and the own trees go together: pass own= exactly when config.own_trees is set")
+    if own is not None and select is not None and not val_batches:
+        raise ValueError("own trees selected on validation need val_batches")
     names = [t.name for t in tasks]
     seed = 0 if config.seed is None else int(config.seed)
     rng = np.random.default_rng(seed)
@@ -284,6 +300,12 @@ def train_supernet(
         solo_config = AnchorConfig(steps=config.steps)
         solo_optimizer = solo_config.make_optimizer(solo.parameters())
         solo_trainer = (solo_optimizer, solo_config.make_scheduler(solo_optimizer), _Precision(device, False))
+    own_trainer = None
+    if own is not None:
+        own.to(device).train().requires_grad_(True)
+        own_config = AnchorConfig(steps=config.steps)
+        own_optimizer = own_config.make_optimizer(own.parameters())
+        own_trainer = (own_optimizer, own_config.make_scheduler(own_optimizer))
     tree_weights = [config.anchor_weight] + [1.0] * (1 + config.budget_trees)  # the order of SandwichTrees.draw
     # a divisor, not a product, so that equal weights reproduce the plain mean bit for bit
     divisor = [sum(tree_weights) / w for w in tree_weights]
@@ -319,11 +341,17 @@ def train_supernet(
                 torch.manual_seed(seed * 1_000_003 + info.step)
                 solo_losses = streams_step(solo, tasks, *solo_trainer, info, x, targets)
             scalars["solo_loss"] = sum(solo_losses.values())
+        if own_trainer is not None:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed * 1_000_003 + 500_009 + info.step)
+                scalars["own_loss"] = _own_trees_step(own, tasks, scales, *own_trainer, info, x, targets)
         return scalars
 
     parts = {"score": Part((anchor,), ("score",), False, "supernet score")}
     if solo is not None and select is not None:
         parts.update({f"solo {name}": part for name, part in stream_parts(solo, tasks, "solo").items()})
+    if own is not None and select is not None:
+        parts.update({f"own {i}": Part((net,), ("own", str(i)), False, f"own tree {i}") for i, net in enumerate(own.nets)})
     keep = KeepBest(parts)
     validate = None
     initial: float | None = None
@@ -334,6 +362,8 @@ def train_supernet(
             anchor.train()
             if solo is not None:
                 scores["solo"] = evaluate_streams(solo, tasks, val_batches, device)
+            if own is not None:
+                scores["own"] = _own_trees_scores(own, tasks, scales, val_batches, device)
             return scores
 
         # step 0 is a candidate: the frozen streams stay when fine-tuning never beats them on validation
@@ -345,6 +375,8 @@ def train_supernet(
     state = {"supernet": anchor, "adaptors": adaptors, "optimizer": optimizer, "scheduler": scheduler}
     if solo_trainer is not None:
         state.update({"solo": solo, "solo_optimizer": solo_trainer[0], "solo_scheduler": solo_trainer[1]})
+    if own_trainer is not None:
+        state.update({"own_trees": own, "own_optimizer": own_trainer[0], "own_scheduler": own_trainer[1]})
     loop = TrainLoop(
         "supernet", config.steps, device, tasks, state=state, generators={"trees": rng}, frozen={"teacher": teacher},
         validate=validate, keep=keep, eval_every=config.eval_every or max(1, -(-config.steps // 4)),
@@ -357,7 +389,40 @@ def train_supernet(
     if solo is not None:
         solo.eval().requires_grad_(False)
         selection["solo_steps"] = {name: keep.steps.get(f"solo {name}") for name in names}
+    if own is not None:
+        own.eval().requires_grad_(False)
+        selection["own_steps"] = [keep.steps.get(f"own {i}") for i in range(len(own))]
+        selection["own_scores"] = [keep.scores.get(f"own {i}") for i in range(len(own))]
     return {"log": result.log, "seconds": result.seconds, "selection": selection, "resumed_at": result.resumed_at}
+
+
+def _own_trees_step(own: OwnTrees, tasks: Sequence[Task], scales: Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> float:
+    """One step of every own tree on its own loss ``sum_k w_k L_k`` (no parameter is shared between the copies, so
+    summing the trees' losses trains each alone); returns the mean over trees."""
+    losses = own.losses(tasks, x, targets)
+    for tree in losses:
+        for task, loss in zip(tasks, tree):
+            info.check_loss(loss, task.name)
+    totals = [(scales * tree).sum() for tree in losses]
+    optimizer.zero_grad(set_to_none=True)
+    torch.stack(totals).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return float(torch.stack(totals).detach().mean())
+
+
+@torch.no_grad()
+def _own_trees_scores(own: OwnTrees, tasks: Sequence[Task], scales: Tensor, batches: Sequence[Batch],
+                      device: torch.device) -> dict[str, float]:
+    """Each own tree's validation score ``mean_k w_k L_k`` (eval mode; the supernet score of a uniform preference),
+    keyed by its index as a string."""
+    own.eval()
+    try:
+        return {str(i): float((scales * tree_losses(net, tasks, a, batches, device)).mean())
+                for i, (net, a) in enumerate(zip(own.nets, own.assignments))}
+    finally:
+        own.train()
 
 
 def frozen_copy(anchor: AnchorNet) -> AnchorNet:

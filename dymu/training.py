@@ -387,9 +387,13 @@ def train_weights(
             code = tree_code(assignment, len(tasks)).to(device)
             node_deltas, head_deltas = hyper.model(r.unsqueeze(0), torch.tensor([level], device=device), code.unsqueeze(0))
             adapt = Adaptation(weight, node_deltas, head_deltas, assignment, config.scope)
-            with hyper.precision.autocast():
-                outputs = tree_forward(anchor, assignment, xc, adapt.node, adapt.head)
-                loss = _weighted_loss(outputs, tc, tasks, r * loss_scales, info)
+            # an own tree (dymu.own_trees) is served on its own weights, unadapted: nothing to learn from it
+            own = config.tree == "ml" and plan.own_weights
+            loss = x.new_zeros(())
+            if not own:
+                with hyper.precision.autocast():
+                    outputs = tree_forward(anchor, assignment, xc, adapt.node, adapt.head)
+                    loss = _weighted_loss(outputs, tc, tasks, r * loss_scales, info)
             # trees that sharing does not touch use no adaptation; keep the graph (and DDP) connected
             loss = loss + 0.0 * sum(d.sum() for d in [*node_deltas, *([head_deltas] if head_deltas is not None else [])])
             hyper.precision.backward(loss.float() / len(chunks))

@@ -147,12 +147,48 @@ def test_baselines_from_a_run_with_another_controller_split(tmp_path, monkeypatc
                   "--baselines-from", source])
     assert not (tmp_path / "fourth" / f"{STEM}.json").exists()
     assert not (tmp_path / "fourth" / f"{STEM}-state" / "seed0-dymu.pt").exists()
-    # without the saved stage-0 streams nothing trains: the check would be impossible
+    # without the saved stage-0 streams, the file's record of them checks this run's stage 0: a SHA-256 of the streams
     teacher.unlink()
+    args = [*methods, "--supernet-steps", "4"]
+    assert run.main([*_argv(root, tmp_path / "fifth", *args), "--steps", "2", "1", "1", "--baselines-from", source]) == 0
+    digest = first["methods"]["dymu"]["per_seed"][0]["stage0_digest"]
+    fifth = json.loads((tmp_path / "fifth" / f"{STEM}.json").read_text())
+    assert fifth["methods"]["dymu"]["per_seed"][0]["stage0_digest"] == digest
+    assert "SHA-256" in fifth["resumed"][0]["stage0_checked_by"]["0"]
+
+    def rewritten(name: str, change) -> str:
+        data = json.loads((first_out / f"{STEM}.json").read_text())
+        change(data["methods"]["dymu"]["per_seed"][0])
+        path = tmp_path / name / f"{STEM}.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(data))
+        return str(path)
+
+    other = rewritten("digest", lambda e: e.update(stage0_digest="0" * 64))
+    with pytest.raises(ValueError, match=r"differ from those of .* \(checked by their SHA-256"):
+        run.main([*_argv(root, tmp_path / "sixth", *args), "--steps", "2", "1", "1", "--baselines-from", other])
+    assert not (tmp_path / "sixth" / f"{STEM}.json").exists()
+    assert not (tmp_path / "sixth" / f"{STEM}-state" / "seed0-dymu.pt").exists()  # refused before the controller is saved
+    # a file from before the digest: the stage-0 anchor tree's per-task test losses, float for float
+    old = rewritten("losses", lambda e: e.pop("stage0_digest"))
+    assert run.main([*_argv(root, tmp_path / "seventh", *args), "--steps", "2", "1", "1", "--baselines-from", old]) == 0
+    taken = json.loads((tmp_path / "seventh" / f"{STEM}.json").read_text())["resumed"][0]
+    assert "test losses" in taken["stage0_checked_by"]["0"]
+
+    def shifted_loss(entry):
+        entry.pop("stage0_digest")
+        entry["supernet_effect"]["anchor"]["before"][0] += 1e-6
+
+    shifted = rewritten("shifted", shifted_loss)
+    with pytest.raises(ValueError, match=r"differ from those of .* \(checked by their anchor tree's per-task test losses"):
+        run.main([*_argv(root, tmp_path / "eighth", *args), "--steps", "2", "1", "1", "--baselines-from", shifted])
+    assert not (tmp_path / "eighth" / f"{STEM}.json").exists()
+    assert not (tmp_path / "eighth" / f"{STEM}-state" / "seed0-dymu.pt").exists()  # refused before the controller is saved
+    # with neither the streams nor a record of them nothing trains: the check would be impossible
+    bare = rewritten("bare", lambda e: (e.pop("stage0_digest"), e.pop("supernet_effect")))
     with pytest.raises(FileNotFoundError, match="seed0-teacher.pt"):
-        run.main([*_argv(root, tmp_path / "fifth", *methods, "--supernet-steps", "4"), "--steps", "2", "1", "1",
-                  "--baselines-from", source])
-    assert not (tmp_path / "fifth" / f"{STEM}-state").exists()
+        run.main([*_argv(root, tmp_path / "ninth", *args), "--steps", "2", "1", "1", "--baselines-from", bare])
+    assert not (tmp_path / "ninth" / f"{STEM}-state").exists()
 
 
 def test_a_method_trains_on_the_same_batches_whichever_methods_ran_before_it(tmp_path):

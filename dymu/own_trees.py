@@ -1,0 +1,92 @@
+"""Budget trees with weights of their own: the nested affinity trees of a few budgets, each trained alone.
+
+[choice] beyond the paper. The supernet stage (:mod:`dymu.supernet`) trains one set of weights for every tree of
+its sandwich, and a tree cut from it is worse than the same tree trained alone: on fashion_digits the static
+affinity tree of 0.6 of the anchor's FLOPs, cut from the supernet, scored 0.896 digit accuracy on validation, and
+0.921 when continued alone from the stage-0 streams for the same steps (``python -m benchmarks.tree_alone``, README).
+With ``SupernetConfig(own_trees=(b1, b2, ...))`` the stage also continues, for each budget ``b``, a copy of the
+stage-0 streams on the nested affinity tree of cost at most ``b`` (:func:`dymu.family.family_tree`; a budget at or
+below the minimum gives the one-stream tree), on the very batches the supernet trains on (no extra training image),
+every task's loss times its loss scale (a uniform preference), each copy keeping its best validation state. This is
+what :mod:`dymu.solo` does for the anchor tree, for a few cheaper trees.
+
+Serving: the measured searches (:data:`dymu.planner.MEASURED_SEARCHES`) price each own tree that fits the budget by
+its measured validation losses (:attr:`dymu.path_losses.PathLosses.own_trees`) beside the supernet's tree, and the
+request gets the lower priced one (:meth:`dymu.planner.Planner.plan`); a request for an own tree runs its own copy,
+unadapted (``model.info["own_weights"]``). A budget-1 request may then get an own tree cheaper than the anchor
+tree when it prices lower for that preference.
+
+What it costs: one stored copy of the streams and heads per own tree, and each supernet step runs every own tree
+once more (counted in :func:`dymu.supernet.sandwich_blocks_per_image`). The served model's FLOPs are its tree's.
+
+>>> from dymu.budget import CostTable
+>>> table = CostTable(block_flops=(10, 10), block_params=(1, 1), head_flops=(1, 1), head_params=(1, 1), input_shape=(1, 4, 4))
+>>> affinity = np.array([[1.0, 0.1], [0.1, 1.0]])
+>>> own_tree_assignments(table, affinity, (0.0, 0.8))   # the one-stream tree; the costliest within 0.8 x 42 FLOPs
+[((0, 0), (0, 0)), ((0, 0), (0, 1))]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .anchor import AnchorNet, tree_forward
+from .budget import CostTable
+from .family import affinity_family, family_tree
+from .tasks import Task
+
+__all__ = ["own_tree_assignments", "OwnTrees"]
+
+Assignment = tuple[tuple[int, ...], ...]
+
+
+def own_tree_assignments(table: CostTable, affinity: np.ndarray | None, budgets: Sequence[float]) -> list[Assignment]:
+    """The distinct nested affinity trees (:func:`dymu.family.affinity_family`) of ``budgets``, cheapest first: for
+    each budget the costliest family tree within it, the one-stream tree for a budget below every tree.
+    ``affinity [N, N]`` (None: all tasks alike, a family of the one-stream tree alone)."""
+    n = table.n_tasks
+    aff = np.ones((n, n)) if affinity is None else np.asarray(affinity, dtype=float)
+    family = affinity_family(table, aff)
+    trees: list[Assignment] = []
+    for budget in sorted(set(float(b) for b in budgets)):
+        tree = tuple(tuple(int(v) for v in row) for row in family_tree(family, budget * table.anchor_flops))
+        if tree not in trees:
+            trees.append(tree)
+    return sorted(trees, key=table.tree_flops)
+
+
+class OwnTrees(nn.Module):
+    """One copy of the streams and heads per tree: ``nets[i]`` runs ``assignments[i]`` (only its nodes are trained).
+
+    Args:
+        template: the streams each copy starts from (the stage-0 streams); not modified.
+        assignments: the trees, ``[L][N]`` each.
+    """
+
+    def __init__(self, template: AnchorNet, assignments: Sequence[Sequence[Sequence[int]]]):
+        super().__init__()
+        self.assignments: list[Assignment] = [tuple(tuple(int(v) for v in row) for row in a) for a in assignments]
+        if len(set(self.assignments)) != len(self.assignments):
+            raise ValueError("own trees must be distinct")
+        self.nets = nn.ModuleList(copy.deepcopy(template) for _ in self.assignments)
+
+    def __len__(self) -> int:
+        return len(self.assignments)
+
+    def net_for(self, assignment: Sequence[Sequence[int]]) -> AnchorNet | None:
+        """The copy trained on exactly ``assignment``, or None."""
+        key = tuple(tuple(int(v) for v in row) for row in assignment)
+        return self.nets[self.assignments.index(key)] if key in self.assignments else None
+
+    def losses(self, tasks: Sequence[Task], x: Tensor, targets: dict[str, Tensor]) -> list[Tensor]:
+        """Each tree's per-task losses on one batch ``x [B, ...]``: ``[N]`` per tree (the nets in the mode they are)."""
+        out = []
+        for net, assignment in zip(self.nets, self.assignments):
+            predictions = tree_forward(net, assignment, x)
+            out.append(torch.stack([t.loss(predictions[t.name], targets[t.name]).float() for t in tasks]))
+        return out
