@@ -29,7 +29,7 @@ from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
 from .options import add_saved_controller, saved_seed
 
-__all__ = ["foreign_rises", "planned_cost", "main"]
+__all__ = ["foreign_rises", "planned_cost", "own_tree_share", "main"]
 
 
 def foreign_rises(table: PathLosses) -> list[tuple[int, int, float]]:
@@ -104,7 +104,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         costs = planned_cost(ctrl, search, budgets, prefs)
         print(f"planned FLOPs, {search} search, mean over {len(prefs)} preferences: "
               + ", ".join(f"budget {b:g}: {c:.3f}" for b, c in zip(budgets, costs)))
+    if ctrl.own_trees is not None and ctrl.path_losses is not None:
+        _print_own_trees(ctrl, prefs)
     return 0
+
+
+def own_tree_share(ctrl: dymu.Controller, budgets: Sequence[float], preferences: np.ndarray) -> list[float]:
+    """The fraction of ``preferences [P, N]`` whose plan at each budget runs an own tree (:mod:`dymu.own_trees`), with
+    the controller's search."""
+    planner = ctrl.planner
+    return [float(np.mean([planner.plan(np.asarray(r), b).own_weights for r in preferences])) for b in budgets]
+
+
+def _print_own_trees(ctrl: dymu.Controller, prefs: np.ndarray) -> None:
+    """Each own tree: cost, the step it was kept at, every task's measured validation loss over its own stream's; and how
+    often the controller's search serves one."""
+    table, names, anchor = ctrl.path_losses, ctrl.task_names, ctrl.cost_table.anchor_flops
+    kept = {tuple(tuple(r) for r in item["assignment"]): item for item in ctrl.stages["supernet"].get("own_trees", [])}
+    print("own trees (trained alone on the supernet's batches): validation loss over each task's own stream's")
+    for index, (assignment, _) in enumerate(table.own_trees):
+        rises = ", ".join(f"{names[k]} {table.own_tree_rise(index, k):+.1%}" for k in range(len(names)))
+        step = (kept.get(assignment) or {}).get("kept_step")
+        print(f"  {ctrl.cost_table.tree_flops(assignment) / anchor:.3f} of the anchor's FLOPs, kept at step {step}: {rises}")
+    budgets = [ctrl.min_budget * (1 + 1e-9), 0.4, 0.5, 0.6, 0.8, 1.0]
+    shares = own_tree_share(ctrl, budgets, prefs)
+    print(f"served on an own tree ({ctrl.search} search), share of {len(prefs)} preferences: "
+          + ", ".join(f"budget {'min' if i == 0 else format(b, 'g')}: {s:.0%}" for i, (b, s) in enumerate(zip(budgets, shares))))
 
 
 if __name__ == "__main__":

@@ -19,3 +19,26 @@ def test_planned_cost_is_the_mean_fraction_at_each_budget_and_leaves_the_search_
     costs = planned_cost(ctrl, "merge", [1.0, low, 0.6], prefs)
     assert costs[0] == pytest.approx(1.0) and costs[1] == pytest.approx(low) and low <= costs[2] <= 0.6
     assert ctrl.search == before
+
+
+def test_own_tree_share_counts_the_requests_served_on_an_own_tree():
+    from dataclasses import replace
+
+    import dymu
+    from benchmarks.searches import own_tree_share
+
+    ctrl, data = trained_streams(3, n_batches=3, steps=2)
+    config = dymu.SupernetConfig(steps=2, lr=1e-2, own_trees=(0.0,), tree_family="affinity")
+    ctrl.fit_supernet(data, None, config=config, verbose=False)
+    ctrl.search = "fill"
+    table = ctrl.measure_paths(data, samples=64)
+    cheapest = ctrl.own_trees.assignments[0]
+    prefs = np.random.default_rng(0).dirichlet(np.ones(3), size=5)
+    # priced at a tenth of every stream's loss, the one-stream own tree serves every request at every budget
+    ctrl.path_losses = replace(table, own_trees=((cheapest, [table.own(k) * 0.1 for k in range(3)]),))
+    ctrl._invalidate()
+    assert own_tree_share(ctrl, [ctrl.min_budget * (1 + 1e-9), 1.0], prefs) == [1.0, 1.0]
+    # priced at ten times, none
+    ctrl.path_losses = replace(table, own_trees=((cheapest, [table.own(k) * 10 for k in range(3)]),))
+    ctrl._invalidate()
+    assert own_tree_share(ctrl, [ctrl.min_budget * (1 + 1e-9), 1.0], prefs) == [0.0, 0.0]

@@ -98,7 +98,7 @@ def _slim_info(info: Any) -> dict[str, Any]:
     """What a record keeps of a model's ``info``: ``c``, ``shrunk``, ``budget`` and the tree's assignment."""
     if not isinstance(info, Mapping):
         return {}
-    keep = {k: info[k] for k in ("c", "shrunk", "budget", "search") if k in info}
+    keep = {k: info[k] for k in ("c", "shrunk", "budget", "search", "own_weights") if k in info}
     if "tree" in info:
         keep["tree"] = _assignment(info["tree"])
     return keep
