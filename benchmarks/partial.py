@@ -53,10 +53,12 @@ __all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "re
            "state_dir_of", "results_file_of", "controller_path", "teacher_path", "teacher_file", "config_differences", "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
 
 #: RunConfig fields a resumed run may change, and why: none of them changes a number of a finished entry
+# [choice] ``threads`` is compared: CPU kernels sum in another order on more threads (stage 0 on fashion_digits's LeNet
+# moved by 1e-5 after five steps on 2 threads against 1), so a run continued or taken over on another thread count
+# would not be the run its command reproduces.
 IGNORED_FIELDS: dict[str, str] = {
     "methods": "a resumed run may add methods (it may not drop finished ones)",
     "plots": "drawn at the end from the whole file",
-    "threads": "how fast, not what, is computed",
     "calibration_steps": "only the time estimate uses them",
     "data_root": "where the same files lie; the data checksum is compared instead",
     "out": "the file is read from where this run writes",

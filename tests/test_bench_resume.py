@@ -311,3 +311,13 @@ def test_seeds_run_as_separate_processes_gather_into_the_run_over_all_of_them(tm
     with pytest.raises(ValueError, match="already has .*seed0-dymu.pt"):
         run.main(_argv(root, tmp_path / "mine", *methods, "--seeds", "0", "1", "--seeds-from", sources[0]))
     assert (mine / "seed0-dymu.pt").read_bytes() == b"this run's own controller"
+
+
+def test_a_run_on_another_thread_count_is_not_continued():
+    # more threads sum in another order: stage 0 would not be the one the file's entries were trained from
+    from benchmarks.config import make_config
+    from benchmarks.partial import config_differences
+
+    one, two = (make_config("fashion_digits", "full", threads=n).as_dict() for n in (1, 2))
+    assert [d.split(" ")[0] for d in config_differences(one, two)] == ["threads"]
+    assert config_differences(one, dict(one, out="elsewhere", plots=False)) == []
