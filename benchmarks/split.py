@@ -73,9 +73,14 @@ __all__ = ["parse_candidate", "candidate_path", "score_candidates", "controls", 
 
 #: the keys a candidate may set: the three step counts, then :class:`dymu.SupernetConfig` fields
 STEP_KEYS = ("supernet", "edge", "weights")
+def _budgets(text: str) -> list[float]:
+    """``"0/0.4/0.6"`` -> ``[0.0, 0.4, 0.6]`` (a candidate's value holds no comma; a list is what its JSON reads back)."""
+    return [float(v) for v in text.split("/") if v.strip()]
+
+
 SUPERNET_KEYS = {"lr": float, "distill_weight": float, "distill": str, "bn": str, "budget_trees": int,
                  "anchor_weight": float, "solo": flag, "tree_family": str,
-                 "family_one_stream": str}
+                 "family_one_stream": str, "own_trees": _budgets}
 #: :class:`dymu.EdgeConfig` fields a candidate may set
 EDGE_KEYS = {"warm_start": str, "warm_start_steps": int, "path_samples": int}
 #: the mean Spearman controllability a candidate must reach at the halfway budget, and every task's (the control
@@ -105,7 +110,8 @@ def parse_candidate(text: str) -> dict[str, Any]:
             try:
                 out[key] = kind(value)
             except ValueError:
-                expected = "true or false" if kind is flag else f"a {kind.__name__}"
+                expected = ("true or false" if kind is flag else "numbers separated by '/'" if kind is _budgets
+                            else f"a {kind.__name__}")
                 raise ValueError(f"candidate {text!r}: {key} must be {expected}, got {value!r}") from None
         else:
             raise ValueError(f"candidate {text!r}: unknown key {key!r}; the keys are {[*STEP_KEYS, *SUPERNET_KEYS, *EDGE_KEYS]}")
