@@ -46,7 +46,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["field_help", "add_options", "from_args", "overrides", "flag", "key_values", "parse_fields", "add_saved_controller", "saved_seed"]
+__all__ = ["field_help", "add_options", "from_args", "overrides", "flag", "numbers", "key_values", "parse_fields", "add_saved_controller", "saved_seed"]
 
 _ENTRY = re.compile(r"^(\s*)([A-Za-z_][\w, ]*):\s*(.*)$")
 
@@ -200,6 +200,19 @@ def flag(value: str) -> bool:
     return lowered == "true"
 
 
+def numbers(text: str) -> list[float]:
+    """``"0/0.4/0.6"`` -> ``[0.0, 0.4, 0.6]``: a list of numbers as one ``KEY=VALUE`` value (``,`` separates the
+    pairs); empty parts skipped, so ``""`` is the empty list.
+
+    >>> numbers("0/0.4/0.6"), numbers("")
+    ([0.0, 0.4, 0.6], [])
+
+    Raises:
+        ValueError: a part that is not a number.
+    """
+    return [float(v) for v in text.split("/") if v.strip()]
+
+
 def key_values(text: str) -> list[tuple[str, str]]:
     """``"KEY=VALUE,KEY=VALUE"`` -> ``[(key, value)]`` (empty parts skipped).
 
@@ -245,7 +258,7 @@ def parse_fields(text: str, cls: type) -> dict[str, Any]:
                 raise ValueError(f"{key}={value!r}: {error}") from None
         elif kind == tuple[float, ...]:
             try:
-                out[key] = tuple(float(v) for v in value.split("/") if v.strip())
+                out[key] = tuple(numbers(value))
             except ValueError as error:
                 raise ValueError(f"{key}={value!r}: expected numbers separated by '/'") from error
         elif kind in (int, float, str):

@@ -336,17 +336,7 @@ class BenchmarkRun:
             if not mine.exists():  # this run has not trained the seed's controller yet: it trains its baselines too
                 self.say(f"--baselines-from: seed {seed} has no stage-0 streams at {mine} yet; {wanted} not taken")
                 continue
-            record = partial.stage0_record(old, seed) if not theirs.exists() else None
-            if not theirs.exists() and (record is None or "digest" not in record):
-                raise FileNotFoundError(f"--baselines-from: {path} has seed {seed}'s {wanted} but neither the stage-0 "
-                                        f"streams they were trained from ({theirs}) nor their digest: they cannot be checked")
-            if record is not None:
-                if partial.stage0_digest(mine) != record["digest"]:
-                    raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from those {path} recorded "
-                                     "(SHA-256): its baselines were trained from other streams")
-            elif not partial.same_stage0(mine, theirs):
-                raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from {theirs}: its baselines "
-                                 "were trained from other streams")
+            partial.check_stage0(mine, path, old, seed)
             for name in wanted:
                 self.entries[name][seed] = entries[name][seed]
                 kept.append([seed, name])
@@ -422,28 +412,14 @@ class BenchmarkRun:
         otherwise, before the controller is saved or evaluated. How it was checked goes into the ``resumed`` record."""
         if self.baselines_from is None or method.teacher is None or seed not in self.taken_seeds:
             return
-        path = self.baselines_from
-        saved = partial.teacher_file(path, seed)
-        if saved.exists():
-            how = f"the saved streams {saved}, bit for bit"
-            same = partial.same_stage0(method.teacher, saved)
-        else:
-            record = partial.stage0_record(partial.read_baselines(path, self.config, self.bench.checksum), seed)
-            if record is None:
-                raise FileNotFoundError(f"--baselines-from: neither {saved} nor a record of seed {seed}'s stage-0 streams "
-                                        f"in {path}: this run's stage 0 cannot be checked")
-            if "digest" in record:
-                how = "their SHA-256 recorded in the file"
-                same = partial.stage0_digest(method.teacher) == record["digest"]
-            else:
-                how = "their anchor tree's per-task test losses recorded in the file, float for float"
-                teacher = method.teacher.eval()
-                anchor_tree = [list(range(len(self.tasks)))] * teacher.n_layers
-                mine = dymu.anchor.tree_losses(teacher, self.tasks, anchor_tree, test, self.device).tolist()
-                same = [float(v) for v in mine] == record["test_losses"]
-        if not same:
-            raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from those of {path} (checked by "
-                             f"{how}): the taken-over baselines were trained from other streams; run without --baselines-from")
+        path, teacher = self.baselines_from, method.teacher.eval()
+
+        def test_losses() -> list[float]:  # as supernet_effect measured the file's "before"
+            anchor_tree = [list(range(len(self.tasks)))] * teacher.n_layers
+            return dymu.anchor.tree_losses(teacher, self.tasks, anchor_tree, test, self.device).tolist()
+
+        how = partial.check_stage0(teacher, path, partial.read_baselines(path, self.config, self.bench.checksum), seed,
+                                   test_losses)
         self.say(f"seed {seed}: stage-0 streams identical to those of {path} (checked by {how})")
         for item in self.resumed:
             if item.get("baselines_from") is not None and any(int(s) == seed for s, _ in item.get("kept") or []):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from dymu.checkpoint import atomic_torch_save
 
 from .config import C_ONLY, RunConfig
 
-__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "read_seeds", "same_stage0", "stage0_digest", "stage0_record", "results_path", "state_dir",
+__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "read_seeds", "same_stage0", "check_stage0", "stage0_digest", "stage0_record", "results_path", "state_dir",
            "state_dir_of", "results_file_of", "controller_path", "teacher_path", "teacher_file", "config_differences", "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
 
 #: RunConfig fields a resumed run may change, and why: none of them changes a number of a finished entry
@@ -201,6 +201,37 @@ def stage0_record(old: Mapping[str, Any], seed: int) -> dict[str, Any] | None:
         if before:
             return {"test_losses": [float(v) for v in before]}
     return None
+
+
+def check_stage0(teacher: torch.nn.Module | str | Path, path: str | Path, old: Mapping[str, Any], seed: int,
+                 test_losses: Callable[[], list[float]] | None = None) -> str:
+    """Check that ``teacher`` (streams, or a path to them) is the stage 0 that ``seed``'s entries of the results file
+    ``path`` (read as ``old``) were trained from: its saved streams bit for bit; where they are gone, the SHA-256 it
+    recorded (:func:`stage0_digest`); in a file from before the digest, the per-task test losses of its stage-0 anchor
+    tree, float for float, against ``test_losses()`` (the same measurement on this run's streams; None: not available).
+    Returns how it was checked.
+
+    Raises:
+        FileNotFoundError: nothing to check with (naming the missing file).
+        ValueError: other streams.
+    """
+    saved = teacher_file(path, seed)
+    if saved.exists():
+        how, same = f"the saved streams {saved}, bit for bit", lambda: same_stage0(teacher, saved)
+    else:
+        record = stage0_record(old, seed) or {}
+        if "digest" in record:
+            how, same = "their SHA-256 recorded in the file", lambda: stage0_digest(teacher) == record["digest"]
+        elif "test_losses" in record and test_losses is not None:
+            how = "their anchor tree's per-task test losses recorded in the file, float for float"
+            same = lambda: [float(v) for v in test_losses()] == record["test_losses"]  # noqa: E731
+        else:
+            raise FileNotFoundError(f"--baselines-from: neither {saved} nor a record of seed {seed}'s stage-0 streams in "
+                                    f"{path} to check them by: this run's stage 0 cannot be checked")
+    if not same():
+        raise ValueError(f"--baselines-from: seed {seed}'s stage-0 streams differ from those of {path} (checked by {how}): "
+                         "the taken-over baselines were trained from other streams; run without --baselines-from")
+    return how
 
 
 def same_stage0(teacher: torch.nn.Module | str | Path, saved: str | Path) -> bool:

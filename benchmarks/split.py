@@ -65,7 +65,7 @@ from . import protocol
 from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
 from .methods import ControllerMethod, StepBudget
-from .options import flag, key_values
+from .options import flag, key_values, numbers
 from .orchestrate import git_state
 from .protocol.targets import MIN_CONTROLLABILITY, MIN_TASK_CONTROLLABILITY
 
@@ -73,14 +73,9 @@ __all__ = ["parse_candidate", "candidate_path", "score_candidates", "controls", 
 
 #: the keys a candidate may set: the three step counts, then :class:`dymu.SupernetConfig` fields
 STEP_KEYS = ("supernet", "edge", "weights")
-def _budgets(text: str) -> list[float]:
-    """``"0/0.4/0.6"`` -> ``[0.0, 0.4, 0.6]`` (a candidate's value holds no comma; a list is what its JSON reads back)."""
-    return [float(v) for v in text.split("/") if v.strip()]
-
-
 SUPERNET_KEYS = {"lr": float, "distill_weight": float, "distill": str, "bn": str, "budget_trees": int,
                  "anchor_weight": float, "solo": flag, "tree_family": str,
-                 "family_one_stream": str, "own_trees": _budgets}
+                 "family_one_stream": str, "own_trees": numbers}
 #: :class:`dymu.EdgeConfig` fields a candidate may set
 EDGE_KEYS = {"warm_start": str, "warm_start_steps": int, "path_samples": int}
 #: the mean Spearman controllability a candidate must reach at the halfway budget, and every task's (the control
@@ -110,7 +105,7 @@ def parse_candidate(text: str) -> dict[str, Any]:
             try:
                 out[key] = kind(value)
             except ValueError:
-                expected = ("true or false" if kind is flag else "numbers separated by '/'" if kind is _budgets
+                expected = ("true or false" if kind is flag else "numbers separated by '/'" if kind is numbers
                             else f"a {kind.__name__}")
                 raise ValueError(f"candidate {text!r}: {key} must be {expected}, got {value!r}") from None
         else:

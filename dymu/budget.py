@@ -210,18 +210,21 @@ def priced_rise(assignment: Sequence[Sequence[int]], preference: Sequence[float]
     """The measured search's price of a tree: ``sum_k (r_k + 0.1 / N) * rise_k(path_k)``, each task's relative loss
     increase on its path over its own stream (:meth:`PathLosses.rise`; a task alone on its own stream at its solo
     loss when the table has solo losses). The anchor tree without solo losses prices 0; lower is better."""
-    n_tasks = len(assignment[0])
-    weights = np.asarray(preference, dtype=float) + 0.1 / n_tasks
     alone = set(solo_tasks(assignment))
-    return float(sum(weights[k] * path_losses.rise(k, [row[k] for row in assignment], k in alone) for k in range(n_tasks)))
+    return _price(preference, [path_losses.rise(k, [row[k] for row in assignment], k in alone)
+                               for k in range(len(assignment[0]))])
 
 
 def priced_own_tree(index: int, preference: Sequence[float], path_losses: PathLosses) -> float:
-    """:func:`priced_rise` of own tree ``index`` of ``path_losses`` (:attr:`~dymu.path_losses.PathLosses.own_trees`):
-    ``sum_k (r_k + 0.1 / N) * rise_k``, each task's rise its measured loss on the own tree's weights over its own stream."""
-    n_tasks = path_losses.n_tasks
-    weights = np.asarray(preference, dtype=float) + 0.1 / n_tasks
-    return float(sum(weights[k] * path_losses.own_tree_rise(index, k) for k in range(n_tasks)))
+    """:func:`priced_rise` of own tree ``index`` of ``path_losses`` (:attr:`~dymu.path_losses.PathLosses.own_trees`),
+    each task's rise its measured loss on the own tree's weights over its own stream."""
+    return _price(preference, [path_losses.own_tree_rise(index, k) for k in range(path_losses.n_tasks)])
+
+
+def _price(preference: Sequence[float], rises: Sequence[float]) -> float:
+    """``sum_k (r_k + 0.1 / N) * rises[k]``: every task counts a little, whatever the preference."""
+    weights = np.asarray(preference, dtype=float) + 0.1 / len(rises)
+    return float(sum(w * rise for w, rise in zip(weights, rises)))
 
 
 #: a node with more children than this offers each child alone as a split, not every union of children

@@ -353,10 +353,8 @@ class Controller:
         if batch_statistics is not None:
             with scoring_mode(self.anchor, batch_statistics):
                 return self._tree_losses(assignment, adaptation, batches, device, own_weights=own_weights)
-        own = self.own_trees.net_for(assignment) if own_weights and self.own_trees is not None else None
-        if own_weights and own is None:
-            raise ValueError(f"no own tree {assignment} in this controller")
-        if own is not None:  # unadapted, in the mode the anchor is scored in, as solo streams
+        if own_weights:  # unadapted, in the mode the anchor is scored in, as solo streams
+            own = self._own_net(assignment)
             with scoring_mode(own, self.anchor.training):
                 return tree_losses(own, self.tasks, assignment, batches, device)
         anchor = with_solo(self.anchor, self.solo, assignment)
@@ -367,6 +365,14 @@ class Controller:
         mode = scoring_mode(self.solo, self.anchor.training) if anchor is not self.anchor else contextlib.nullcontext()
         with mode:
             return tree_losses(anchor, self.tasks, assignment, batches, device, nodes, heads)
+
+    def _own_net(self, assignment) -> AnchorNet:
+        """The weights of own tree ``assignment`` (:mod:`dymu.own_trees`), which a plan with ``own_weights`` runs."""
+        own = self.own_trees.net_for(assignment) if self.own_trees is not None else None
+        if own is None:
+            raise ValueError(f"a plan serves own tree {assignment}, which this controller does not hold: measure the path "
+                             "losses again (measure_paths) after changing its own trees")
+        return own
 
     def _anchor_tree_losses(self, batches: list, device: torch.device) -> Tensor:
         """Each task's loss ``[N]`` alone on its own stream, as served (solo streams where there are), scored as stage 1
@@ -439,10 +445,9 @@ class Controller:
             self.own_trees = own
             selection = result["selection"]
             self.stages["supernet"]["own_trees"] = [
-                {"assignment": [list(row) for row in a], "flops": self.cost_table.tree_flops(a),
-                 "kept_step": (selection.get("own_steps") or [None] * len(own))[i],
-                 "val_score": (selection.get("own_scores") or [None] * len(own))[i]}
-                for i, a in enumerate(own.assignments)]
+                {"assignment": [list(row) for row in a], "flops": self.cost_table.tree_flops(a), "kept_step": step,
+                 "val_score": score}
+                for a, step, score in zip(own.assignments, selection["own_steps"], selection["own_scores"])]
             self._invalidate()
         if batches is not None:
             after = self._supernet_trees(batches, device)
@@ -772,11 +777,7 @@ class Controller:
         info = plan.as_dict()
         info["weight_hypernet"] = use_weight_hypernet and not plan.own_weights
         if plan.own_weights:  # an own tree runs its own weights, unadapted (the weight hypernet learnt the supernet's)
-            own = self.own_trees.net_for(plan.tree.assignment) if self.own_trees is not None else None
-            if own is None:
-                raise ValueError(f"the plan serves own tree {plan.tree.assignment}, which this controller does not hold: "
-                                 "measure the path losses again (measure_paths) after changing its own trees")
-            model = derive_model(own, plan.tree, None, info=info)
+            model = derive_model(self._own_net(plan.tree.assignment), plan.tree, None, info=info)
         else:
             model = derive_model(self.anchor, plan.tree, adaptation, info=info, solo=self.solo)
         if self.bn_stats == "batch":

@@ -45,6 +45,11 @@ __all__ = ["own_tree_assignments", "OwnTrees"]
 Assignment = tuple[tuple[int, ...], ...]
 
 
+def _rows(assignment: Sequence[Sequence[int]]) -> Assignment:
+    """``assignment`` as hashable tuples of ints (a key for lookups)."""
+    return tuple(tuple(int(v) for v in row) for row in assignment)
+
+
 def own_tree_assignments(table: CostTable, affinity: np.ndarray | None, budgets: Sequence[float]) -> list[Assignment]:
     """The distinct nested affinity trees (:func:`dymu.family.affinity_family`) of ``budgets``, cheapest first: for
     each budget the costliest family tree within it, the one-stream tree for a budget below every tree.
@@ -54,7 +59,7 @@ def own_tree_assignments(table: CostTable, affinity: np.ndarray | None, budgets:
     family = affinity_family(table, aff)
     trees: list[Assignment] = []
     for budget in sorted(set(float(b) for b in budgets)):
-        tree = tuple(tuple(int(v) for v in row) for row in family_tree(family, budget * table.anchor_flops))
+        tree = _rows(family_tree(family, budget * table.anchor_flops))
         if tree not in trees:
             trees.append(tree)
     return sorted(trees, key=table.tree_flops)
@@ -70,7 +75,7 @@ class OwnTrees(nn.Module):
 
     def __init__(self, template: AnchorNet, assignments: Sequence[Sequence[Sequence[int]]]):
         super().__init__()
-        self.assignments: list[Assignment] = [tuple(tuple(int(v) for v in row) for row in a) for a in assignments]
+        self.assignments: list[Assignment] = [_rows(a) for a in assignments]
         if len(set(self.assignments)) != len(self.assignments):
             raise ValueError("own trees must be distinct")
         self.nets = nn.ModuleList(copy.deepcopy(template) for _ in self.assignments)
@@ -80,7 +85,7 @@ class OwnTrees(nn.Module):
 
     def net_for(self, assignment: Sequence[Sequence[int]]) -> AnchorNet | None:
         """The copy trained on exactly ``assignment``, or None."""
-        key = tuple(tuple(int(v) for v in row) for row in assignment)
+        key = _rows(assignment)
         return self.nets[self.assignments.index(key)] if key in self.assignments else None
 
     def losses(self, tasks: Sequence[Task], x: Tensor, targets: dict[str, Tensor]) -> list[Tensor]:

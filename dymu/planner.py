@@ -226,7 +226,7 @@ class Planner:
         if self.search == "family":
             assignment = self._family_or(assignment, preference, budget)
         own = False
-        if measured is not None:
+        if measured is not None and measured.own_trees:
             assignment, own = self._own_tree_or(assignment, preference, budget)
         return self._budget_plan(assignment, preference, budget, self.search, own)
 

@@ -404,12 +404,12 @@ def _own_trees_step(own: OwnTrees, tasks: Sequence[Task], scales: Tensor, optimi
     for tree in losses:
         for task, loss in zip(tasks, tree):
             info.check_loss(loss, task.name)
-    totals = [(scales * tree).sum() for tree in losses]
+    totals = torch.stack([(scales * tree).sum() for tree in losses])
     optimizer.zero_grad(set_to_none=True)
-    torch.stack(totals).sum().backward()
+    totals.sum().backward()
     optimizer.step()
     scheduler.step()
-    return float(torch.stack(totals).detach().mean())
+    return float(totals.detach().mean())
 
 
 @torch.no_grad()
