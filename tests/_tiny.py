@@ -75,3 +75,14 @@ def trained_streams(n_tasks: int = 3, n_batches: int = 2, steps: int = 3) -> tup
     ctrl.fit_anchor(data, data[:1], config=dymu.AnchorConfig(steps=steps, eval_every=steps), verbose=False)
     ctrl.fit_affinity(data, n_samples=64, calibration_samples=16)
     return ctrl, data
+
+
+def after_supernet(config: dymu.SupernetConfig, val: bool = False):
+    """A tiny controller (:func:`trained_streams`, 3 tasks) after a supernet stage of ``config`` (validated on the first
+    batch when ``val``): ``(controller, its training batches, its stage-0 streams)``."""
+    from dymu.supernet import frozen_copy
+
+    ctrl, data = trained_streams(3, n_batches=3, steps=4)
+    stage0 = frozen_copy(ctrl.anchor)
+    ctrl.fit_supernet(data, data[:1] if val else None, config=config, verbose=False)
+    return ctrl, data, stage0

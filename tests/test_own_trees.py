@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dymu
-from _tiny import tiny_tasks, trained_streams
+from _tiny import after_supernet, tiny_tasks, trained_streams
 from dymu.anchor import scoring_mode, tree_forward
 from dymu.derived import derive_model, recalibrate_batchnorm
 from dymu.budget import CostTable
@@ -25,11 +25,7 @@ BUDGETS = (0.0, 0.7)
 
 
 def _after_supernet(own_trees=BUDGETS, val: bool = False, steps: int = 4):
-    ctrl, data = trained_streams(3, n_batches=3, steps=4)
-    stage0 = frozen_copy(ctrl.anchor)
-    config = dymu.SupernetConfig(steps=steps, eval_every=2, lr=1e-2, own_trees=own_trees, tree_family="affinity")
-    ctrl.fit_supernet(data, data[:1] if val else None, config=config, verbose=False)
-    return ctrl, data, stage0
+    return after_supernet(dymu.SupernetConfig(steps=steps, eval_every=2, lr=1e-2, own_trees=own_trees, tree_family="affinity"), val)
 
 
 def _equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

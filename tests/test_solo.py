@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dymu
-from _tiny import tiny_batches, tiny_tasks, trained_streams
+from _tiny import after_supernet, tiny_batches, tiny_tasks, trained_streams
 from dymu.anchor import tree_forward
 from dymu.budget import CostTable, shrink_to_budget
 from dymu.path_losses import PathLosses, path_index
@@ -26,11 +26,7 @@ STEPS = 6
 def _after_supernet(solo: bool = True, steps: int = STEPS, val: bool = False) -> tuple[dymu.Controller, list, dymu.anchor.AnchorNet]:
     """A tiny controller after stage 0, the affinity and a supernet stage; its data; its stage-0 streams. Without
     validation every solo stream is kept (with it, a stream the supernet's beats is replaced)."""
-    ctrl, data = trained_streams(3, n_batches=3, steps=4)
-    stage0 = frozen_copy(ctrl.anchor)
-    config = dymu.SupernetConfig(steps=steps, eval_every=max(1, steps // 2), solo=solo, lr=1e-2)
-    ctrl.fit_supernet(data, data[:1] if val else None, config=config, verbose=False)
-    return ctrl, data, stage0
+    return after_supernet(dymu.SupernetConfig(steps=steps, eval_every=max(1, steps // 2), solo=solo, lr=1e-2), val)
 
 
 def _equal_states(a: torch.nn.Module, b: torch.nn.Module) -> bool:
