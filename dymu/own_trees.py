@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .anchor import AnchorNet, tree_forward
+from .anchor import AnchorNet, tree_forward, tree_losses
 from .budget import CostTable
 from .family import affinity_family, family_tree
+from .loop import Batch, StepInfo
 from .tasks import Task
 
 __all__ = ["own_tree_assignments", "OwnTrees"]
@@ -95,3 +97,30 @@ class OwnTrees(nn.Module):
             predictions = tree_forward(net, assignment, x)
             out.append(torch.stack([t.loss(predictions[t.name], targets[t.name]).float() for t in tasks]))
         return out
+
+    def train_step(self, tasks: Sequence[Task], scales: Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> float:
+        """One step of every tree on its own loss ``sum_k w_k L_k`` (``scales [N]``) on the batch ``x [B, ...]``; no
+        parameter is shared between the copies, so summing the trees' losses trains each alone. Returns the mean over
+        trees."""
+        per_tree = self.losses(tasks, x, targets)
+        for tree in per_tree:
+            for task, loss in zip(tasks, tree):
+                info.check_loss(loss, task.name)
+        totals = torch.stack([(scales * tree).sum() for tree in per_tree])
+        optimizer.zero_grad(set_to_none=True)
+        totals.sum().backward()
+        optimizer.step()
+        scheduler.step()
+        return float(totals.detach().mean())
+
+    @torch.no_grad()
+    def scores(self, tasks: Sequence[Task], scales: Tensor, batches: Sequence[Batch], device: torch.device) -> dict[str, float]:
+        """Each tree's validation score ``mean_k w_k L_k`` (``scales [N]``; eval mode, the supernet's score of a uniform
+        preference), keyed by the tree's index as a string."""
+        self.eval()
+        try:
+            return {str(i): float((scales * tree_losses(net, tasks, a, batches, device)).mean())
+                    for i, (net, a) in enumerate(zip(self.nets, self.assignments))}
+        finally:
+            self.train()

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .anchor import AnchorNet, frozen_batchnorm_statistics, run_tree, tree_losses
+from .anchor import AnchorNet, frozen_batchnorm_statistics, run_tree
 from .budget import CostTable, merged_anchor
 from .distributed import rank_world
 from .family import affinity_family, family_tree
@@ -344,7 +344,7 @@ def train_supernet(
         if own_trainer is not None:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed * 1_000_003 + 500_009 + info.step)
-                scalars["own_loss"] = _own_trees_step(own, tasks, scales, *own_trainer, info, x, targets)
+                scalars["own_loss"] = own.train_step(tasks, scales, *own_trainer, info, x, targets)
         return scalars
 
     parts = {"score": Part((anchor,), ("score",), False, "supernet score")}
@@ -363,7 +363,7 @@ def train_supernet(
             if solo is not None:
                 scores["solo"] = evaluate_streams(solo, tasks, val_batches, device)
             if own is not None:
-                scores["own"] = _own_trees_scores(own, tasks, scales, val_batches, device)
+                scores["own"] = own.scores(tasks, scales, val_batches, device)
             return scores
 
         # step 0 is a candidate: the frozen streams stay when fine-tuning never beats them on validation
@@ -394,35 +394,6 @@ def train_supernet(
         selection["own_steps"] = [keep.steps.get(f"own {i}") for i in range(len(own))]
         selection["own_scores"] = [keep.scores.get(f"own {i}") for i in range(len(own))]
     return {"log": result.log, "seconds": result.seconds, "selection": selection, "resumed_at": result.resumed_at}
-
-
-def _own_trees_step(own: OwnTrees, tasks: Sequence[Task], scales: Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> float:
-    """One step of every own tree on its own loss ``sum_k w_k L_k`` (no parameter is shared between the copies, so
-    summing the trees' losses trains each alone); returns the mean over trees."""
-    losses = own.losses(tasks, x, targets)
-    for tree in losses:
-        for task, loss in zip(tasks, tree):
-            info.check_loss(loss, task.name)
-    totals = torch.stack([(scales * tree).sum() for tree in losses])
-    optimizer.zero_grad(set_to_none=True)
-    totals.sum().backward()
-    optimizer.step()
-    scheduler.step()
-    return float(totals.detach().mean())
-
-
-@torch.no_grad()
-def _own_trees_scores(own: OwnTrees, tasks: Sequence[Task], scales: Tensor, batches: Sequence[Batch],
-                      device: torch.device) -> dict[str, float]:
-    """Each own tree's validation score ``mean_k w_k L_k`` (eval mode; the supernet score of a uniform preference),
-    keyed by its index as a string."""
-    own.eval()
-    try:
-        return {str(i): float((scales * tree_losses(net, tasks, a, batches, device)).mean())
-                for i, (net, a) in enumerate(zip(own.nets, own.assignments))}
-    finally:
-        own.train()
 
 
 def frozen_copy(anchor: AnchorNet) -> AnchorNet:
