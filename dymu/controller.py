@@ -892,7 +892,7 @@ class Controller:
                 ctrl.solo.eval().requires_grad_(False)
             if state.get("own_trees") is not None:
                 ctrl.own_trees = OwnTrees(ctrl.anchor, state["own_trees"]["assignments"])
-                ctrl.own_trees.load_state_dict(state["own_trees"]["weights"])
+                ctrl.own_trees.load_weights(state["own_trees"]["weights"])
                 ctrl.own_trees.eval().requires_grad_(False)
         except RuntimeError as error:
             raise ValueError(f"the weights do not fit this backbone and these tasks: {error}") from error

@@ -16,7 +16,7 @@ request gets the lower priced one (:meth:`dymu.planner.Planner.plan`); a request
 unadapted (``model.info["own_weights"]``). A budget-1 request may then get an own tree cheaper than the anchor
 tree when it prices lower for that preference.
 
-What it costs: one stored copy of the streams and heads per own tree, and each supernet step runs every own tree
+What it costs: one stored copy of its tree's nodes and of the heads per own tree, and each supernet step runs every own tree
 once more (counted in :func:`dymu.supernet.sandwich_blocks_per_image`). The served model's FLOPs are its tree's.
 
 >>> from dymu.budget import CostTable
@@ -42,7 +42,7 @@ from .family import affinity_family, family_tree
 from .loop import Batch, StepInfo
 from .tasks import Task
 
-__all__ = ["own_tree_assignments", "OwnTrees"]
+__all__ = ["own_tree_assignments", "OwnTrees", "AbsentNode"]
 
 Assignment = tuple[tuple[int, ...], ...]
 
@@ -67,8 +67,30 @@ def own_tree_assignments(table: CostTable, affinity: np.ndarray | None, budgets:
     return sorted(trees, key=table.tree_flops)
 
 
+def _tree_copy(template: AnchorNet, assignment: Assignment) -> AnchorNet:
+    """A deep copy of ``template`` holding only the nodes of ``assignment [L][N]`` (and every head)."""
+    net = copy.deepcopy(template)
+    for layer, row in enumerate(assignment):
+        for stream in set(range(net.n_tasks)) - set(row):
+            net.streams[stream].blocks[layer] = AbsentNode(layer, stream)
+    return net
+
+
+class AbsentNode(nn.Module):
+    """The place of a node an own tree does not use: it holds no weights (so none are stored or counted) and refuses to
+    run, so that a wrong routing fails loudly instead of reading stale weights."""
+
+    def __init__(self, layer: int, stream: int):
+        super().__init__()
+        self.layer, self.stream = layer, stream
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError(f"node (layer {self.layer}, stream {self.stream}) is not part of this own tree")
+
+
 class OwnTrees(nn.Module):
-    """One copy of the streams and heads per tree: ``nets[i]`` runs ``assignments[i]`` (only its nodes are trained).
+    """One copy of the tree's nodes and every head per tree: ``nets[i]`` runs ``assignments[i]``; a node the tree does
+    not use is an :class:`AbsentNode` (no weights).
 
     Args:
         template: the streams each copy starts from (the stage-0 streams); not modified.
@@ -80,7 +102,13 @@ class OwnTrees(nn.Module):
         self.assignments: list[Assignment] = [_rows(a) for a in assignments]
         if len(set(self.assignments)) != len(self.assignments):
             raise ValueError("own trees must be distinct")
-        self.nets = nn.ModuleList(copy.deepcopy(template) for _ in self.assignments)
+        self.nets = nn.ModuleList(_tree_copy(template, a) for a in self.assignments)
+
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        """Load a :meth:`state_dict`. A file written when every copy held all streams also loads: the weights of nodes
+        outside each tree are dropped (nothing ran them). A weight of the tree missing from ``state`` raises."""
+        own = self.state_dict()
+        self.load_state_dict({k: v for k, v in state.items() if k in own})
 
     def __len__(self) -> int:
         return len(self.assignments)

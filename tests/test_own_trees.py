@@ -14,7 +14,8 @@ from _tiny import after_supernet, tiny_tasks, trained_streams
 from dymu.anchor import scoring_mode, tree_forward
 from dymu.derived import derive_model, recalibrate_batchnorm
 from dymu.budget import CostTable
-from dymu.own_trees import OwnTrees, own_tree_assignments
+from dymu.metrics.cost import count_params
+from dymu.own_trees import AbsentNode, OwnTrees, own_tree_assignments
 from dymu.path_losses import PathLosses
 from dymu.planner import Planner
 from dymu.supernet import frozen_copy, sandwich_blocks_per_image, train_supernet, tree_blocks
@@ -46,8 +47,12 @@ def test_own_trees_train_their_own_nodes_only_and_leave_the_supernet_as_it_would
     for net, assignment in zip(own.nets, own.assignments):
         for layer, row in enumerate(assignment):
             for stream in range(ctrl.n_tasks):
-                unchanged = _equal(net.block(layer, stream), stage0.block(layer, stream))
-                assert unchanged == (stream not in row), (assignment, layer, stream)
+                if stream in row:  # trained
+                    assert not _equal(net.block(layer, stream), stage0.block(layer, stream)), (assignment, layer, stream)
+                else:  # not held at all: nothing stored, nothing counted
+                    assert isinstance(net.block(layer, stream), AbsentNode), (assignment, layer, stream)
+        tree_nodes = sum(count_params(stage0.block(layer, stream)) for layer, row in enumerate(assignment) for stream in set(row))
+        assert count_params(net) == tree_nodes + count_params(stage0.heads)
     assert ctrl.stages["supernet"]["own_trees"][0]["assignment"] == [list(r) for r in cheapest]
 
 
@@ -187,3 +192,25 @@ def test_stage2_never_trains_on_a_tree_served_on_its_own_weights(monkeypatch):
     monkeypatch.setattr(dymu.training, "tree_forward", must_not_run)
     ctrl.fit_weights(data, steps=2, verbose=False)
     assert ctrl.build_model([1, 1, 1], 0.5).info["own_weights"]
+
+
+def test_own_trees_hold_only_their_nodes_and_load_files_that_held_every_stream():
+    ctrl, data = trained_streams(3, n_batches=1, steps=1)
+    assignments = own_tree_assignments(ctrl.cost_table, ctrl._affinity_matrix(), BUDGETS)
+    own = OwnTrees(ctrl.anchor, assignments)
+    anchor_tree = [list(range(3))] * ctrl.n_layers
+    with pytest.raises(RuntimeError, match="not part of this own tree"):  # a wrong routing fails, never reads stale weights
+        tree_forward(own.nets[0], anchor_tree, data[0][0])
+    # the layout before absent nodes: every copy held all streams
+    every_stream = torch.nn.ModuleList(copy.deepcopy(ctrl.anchor) for _ in assignments)
+    with torch.no_grad():
+        for p in every_stream.parameters():
+            p.add_(1.0)
+    own.load_weights({f"nets.{k}": v for k, v in every_stream.state_dict().items()})
+    for net, old in zip(own.nets, every_stream):
+        held, written = net.state_dict(), old.state_dict()
+        assert len(held) < len(written) and all(torch.equal(v, written[k]) for k, v in held.items())
+    state = own.state_dict()
+    del state[next(k for k in state if ".streams." in k)]
+    with pytest.raises(RuntimeError, match="Missing key"):
+        own.load_weights(state)
