@@ -126,6 +126,9 @@ def _print_own_trees(ctrl: dymu.Controller, prefs: np.ndarray) -> None:
         rises = ", ".join(f"{names[k]} {table.own_tree_rise(index, k):+.1%}" for k in range(len(names)))
         step = (kept.get(assignment) or {}).get("kept_step")
         print(f"  {ctrl.cost_table.tree_flops(assignment) / anchor:.3f} of the anchor's FLOPs, kept at step {step}: {rises}")
+    if table.solo is not None:  # what an own tree must beat at budget 1: the full-budget model runs the solo streams
+        rises = ", ".join(f"{names[k]} {table.rise(k, (k,) * ctrl.n_layers, alone=True):+.1%}" for k in range(len(names)))
+        print(f"  1.000 of the anchor's FLOPs, the solo streams (trained alone for the same steps): {rises}")
     budgets = [ctrl.min_budget * (1 + 1e-9), 0.4, 0.5, 0.6, 0.8, 1.0]
     shares = own_tree_share(ctrl, budgets, prefs)
     print(f"served on an own tree ({ctrl.search} search), share of {len(prefs)} preferences: "
