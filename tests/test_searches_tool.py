@@ -42,3 +42,25 @@ def test_own_tree_share_counts_the_requests_served_on_an_own_tree():
     ctrl.path_losses = replace(table, own_trees=((cheapest, [table.own(k) * 10 for k in range(3)]),))
     ctrl._invalidate()
     assert own_tree_share(ctrl, [ctrl.min_budget * (1 + 1e-9), 1.0], prefs) == [0.0, 0.0]
+
+
+def test_the_own_tree_printout_sets_the_solo_streams_beside_the_own_trees(capsys):
+    from dataclasses import replace
+
+    import dymu
+    from benchmarks.searches import _print_own_trees
+
+    ctrl, data = trained_streams(3, n_batches=3, steps=2)
+    ctrl.fit_supernet(data, None, config=dymu.SupernetConfig(steps=2, lr=1e-2, own_trees=(0.0,), tree_family="affinity"),
+                      verbose=False)
+    ctrl.search = "fill"
+    table = ctrl.measure_paths(data, samples=64)
+    prefs = np.random.default_rng(0).dirichlet(np.ones(3), size=5)
+    _print_own_trees(ctrl, prefs)
+    assert "solo streams" not in capsys.readouterr().out  # none trained: nothing to set beside
+    ctrl.path_losses = replace(table, solo=np.array([table.own(k) * 0.5 for k in range(3)]))
+    ctrl._invalidate()
+    _print_own_trees(ctrl, prefs)
+    out = capsys.readouterr().out
+    assert ("1.000 of the anchor's FLOPs, the solo streams (trained alone for the same steps): "
+            + ", ".join(f"{name} -50.0%" for name in ctrl.task_names)) in out
