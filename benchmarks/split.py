@@ -75,7 +75,8 @@ __all__ = ["parse_candidate", "candidate_path", "score_candidates", "controls", 
 STEP_KEYS = ("supernet", "edge", "weights")
 SUPERNET_KEYS = {"lr": float, "distill_weight": float, "distill": str, "bn": str, "budget_trees": int,
                  "anchor_weight": float, "solo": flag, "tree_family": str,
-                 "family_one_stream": str, "own_trees": numbers}
+                 "family_one_stream": str, "own_trees": numbers,
+                 "own_groups": int, "own_min_share": float}
 #: :class:`dymu.EdgeConfig` fields a candidate may set
 EDGE_KEYS = {"warm_start": str, "warm_start_steps": int, "path_samples": int}
 #: the mean Spearman controllability a candidate must reach at the halfway budget, and every task's (the control
@@ -330,7 +331,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidate", action="append", required=True, type=parse_candidate,
                         help="KEY=VALUE,...: supernet, edge, weights steps (required), and lr, distill_weight, distill, bn, budget_trees, "
-                             "anchor_weight, solo, tree_family, family_one_stream (the supernet's), warm_start, warm_start_steps, path_samples (stage 1's)")
+                             "anchor_weight, solo, tree_family, family_one_stream, own_trees, own_groups, own_min_share (the supernet's), "
+                             "warm_start, warm_start_steps, path_samples (stage 1's)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-root", default=None)

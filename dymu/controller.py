@@ -51,7 +51,7 @@ from .planner import MEASURED_SEARCHES, SEARCHES, BuildPlan, Planner
 from .preferences import check_budget, check_resource, normalize_preferences
 from .progress import quiet_from_env
 from .resume import checkpointing
-from .own_trees import OwnTrees, own_tree_assignments
+from .own_trees import OwnTrees, own_tree_specs
 from .solo import solo_adaptation, with_solo
 from .stage_configs import SupernetConfig
 from .supernet import frozen_copy, sandwich_blocks_per_image, train_supernet
@@ -169,8 +169,9 @@ class Controller:
     @property
     def planner(self) -> Planner:
         """The planner over the current edge hypernet, cost table, affinity and control mode."""
+        own_min_share = self.stages.get("supernet", {}).get("config", {}).get("own_min_share", 0.0)
         return Planner(self.edge, self.cost_table, self.task_names, self._affinity_matrix(), self.control, self.search,
-                       self.path_losses)
+                       self.path_losses, own_min_share)
 
     def _affinity_matrix(self) -> np.ndarray | None:
         """``[N, N]`` task affinity (None before :meth:`fit_affinity`)."""
@@ -426,7 +427,8 @@ class Controller:
         solo = copy.deepcopy(teacher) if config.solo else None
         own = None
         if config.own_trees:
-            own = OwnTrees(teacher, own_tree_assignments(self.cost_table, self._affinity_matrix(), config.own_trees))
+            specs = own_tree_specs(self.cost_table, self._affinity_matrix(), config.own_trees, config.own_groups)
+            own = OwnTrees(teacher, [tree for tree, _ in specs], [weights for _, weights in specs])
             own.train().requires_grad_(True)
         batches = self._validation_batches(val, val_samples) if val is not None else None
         before = self._supernet_trees(batches, device) if batches is not None else None
@@ -445,9 +447,9 @@ class Controller:
             self.own_trees = own
             selection = result["selection"]
             self.stages["supernet"]["own_trees"] = [
-                {"assignment": [list(row) for row in a], "flops": self.cost_table.tree_flops(a), "kept_step": step,
+                {"assignment": [list(row) for row in a], "flops": self.cost_table.tree_flops(a), "task_weights": list(w), "kept_step": step,
                  "val_score": score}
-                for a, step, score in zip(own.assignments, selection["own_steps"], selection["own_scores"])]
+                for a, w, step, score in zip(own.assignments, own.task_weights, selection["own_steps"], selection["own_scores"])]
             self._invalidate()
         if batches is not None:
             after = self._supernet_trees(batches, device)
@@ -854,6 +856,7 @@ class Controller:
             "solo": self.solo.state_dict() if self.solo is not None else None,
             "own_trees": None if self.own_trees is None else {
                 "assignments": [[list(row) for row in a] for a in self.own_trees.assignments],
+                "task_weights": [list(w) for w in self.own_trees.task_weights],
                 "weights": self.own_trees.state_dict()},
             "stages": self.stages,
         }
@@ -891,7 +894,7 @@ class Controller:
                 ctrl.solo.load_state_dict(state["solo"])
                 ctrl.solo.eval().requires_grad_(False)
             if state.get("own_trees") is not None:
-                ctrl.own_trees = OwnTrees(ctrl.anchor, state["own_trees"]["assignments"])
+                ctrl.own_trees = OwnTrees(ctrl.anchor, state["own_trees"]["assignments"], state["own_trees"].get("task_weights"))
                 ctrl.own_trees.load_weights(state["own_trees"]["weights"])
                 ctrl.own_trees.eval().requires_grad_(False)
         except RuntimeError as error:

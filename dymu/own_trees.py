@@ -16,6 +16,17 @@ request gets the lower priced one (:meth:`dymu.planner.Planner.plan`); a request
 unadapted (``model.info["own_weights"]``). A budget-1 request may then get an own tree cheaper than the anchor
 tree when it prices lower for that preference.
 
+Directed own trees (``SupernetConfig(own_groups=k)``): one copy per budget serves every preference, so a controller
+serving own trees gave one model per budget whatever the preference (no control: on fashion_digits the own trees beat
+the supernet's trees on every task, and the search served them to 74-100 % of the preferences). With ``k`` groups,
+the tasks are clustered by affinity into ``k`` groups (:func:`task_groups`) and, for each budget and each group, the
+merge search's tree for a preference leaning on that group (half its mass on the group, half on every task;
+:func:`dymu.budget.merged_anchor`: the other tasks merge first, onto their most similar tasks' features) trains alone
+with each task's loss weighted as the search prices that preference (``r_k + 0.1 / N``: the group's tasks 3.5 times the
+others with 3 groups of 2 among 6 tasks, so the group's shared nodes serve the group first). The search then serves each preference the copy
+that prices lowest for it. ``own_min_share`` (:class:`dymu.SupernetConfig`) keeps copies far below a budget from
+being served at it, so the cost follows the budget.
+
 What it costs: one stored copy of its tree's nodes and of the heads per own tree, and each supernet step runs every own tree
 once more (counted in :func:`dymu.supernet.sandwich_blocks_per_image`). The served model's FLOPs are its tree's.
 
@@ -24,6 +35,8 @@ once more (counted in :func:`dymu.supernet.sandwich_blocks_per_image`). The serv
 >>> affinity = np.array([[1.0, 0.1], [0.1, 1.0]])
 >>> own_tree_assignments(table, affinity, (0.0, 0.8))   # the one-stream tree; the costliest within 0.8 x 42 FLOPs
 [((0, 0), (0, 0)), ((0, 0), (0, 1))]
+>>> task_groups(np.array([[1.0, 0.9, 0.1], [0.9, 1.0, 0.2], [0.1, 0.2, 1.0]]), 2)
+[(0, 1), (2,)]
 """
 
 from __future__ import annotations
@@ -37,12 +50,12 @@ import torch
 from torch import Tensor, nn
 
 from .anchor import AnchorNet, tree_forward, tree_losses
-from .budget import CostTable
+from .budget import CostTable, merged_anchor
 from .family import affinity_family, family_tree
 from .loop import Batch, StepInfo
 from .tasks import Task
 
-__all__ = ["own_tree_assignments", "OwnTrees", "AbsentNode"]
+__all__ = ["own_tree_assignments", "own_tree_specs", "task_groups", "OwnTrees", "AbsentNode"]
 
 Assignment = tuple[tuple[int, ...], ...]
 
@@ -52,19 +65,64 @@ def _rows(assignment: Sequence[Sequence[int]]) -> Assignment:
     return tuple(tuple(int(v) for v in row) for row in assignment)
 
 
-def own_tree_assignments(table: CostTable, affinity: np.ndarray | None, budgets: Sequence[float]) -> list[Assignment]:
-    """The distinct nested affinity trees (:func:`dymu.family.affinity_family`) of ``budgets``, cheapest first: for
-    each budget the costliest family tree within it, the one-stream tree for a budget below every tree.
-    ``affinity [N, N]`` (None: all tasks alike, a family of the one-stream tree alone)."""
+def task_groups(affinity: np.ndarray, n_groups: int) -> list[tuple[int, ...]]:
+    """The tasks in ``n_groups`` groups by average-linkage clustering of ``affinity [N, N]`` (the pair of groups with
+    the highest mean affinity between their members merges first; ties: the lowest indices); each group sorted,
+    groups ordered by their first task. ``n_groups`` at least N gives every task alone."""
+    aff = np.asarray(affinity, dtype=float)
+    groups = [[k] for k in range(len(aff))]
+    while len(groups) > max(int(n_groups), 1):
+        _, first, second = max((float(aff[np.ix_(a, b)].mean()), -i, -j)
+                               for i, a in enumerate(groups) for j, b in enumerate(groups) if i < j)
+        merged = sorted(groups[-first] + groups[-second])
+        groups = [g for i, g in enumerate(groups) if i not in (-first, -second)] + [merged]
+        groups.sort()
+    return sorted(tuple(g) for g in groups)
+
+
+def own_tree_specs(table: CostTable, affinity: np.ndarray | None, budgets: Sequence[float],
+                   n_groups: int = 0) -> list[tuple[Assignment, tuple[float, ...]]]:
+    """The own trees of ``budgets`` with the task weights each trains on: ``[(assignment [L][N], weights [N])]``,
+    cheapest first (ties: in order of budget, then group).
+
+    ``n_groups=0``: the distinct nested affinity trees (:func:`dymu.family.affinity_family`), for each budget the
+    costliest family tree within it (the one-stream tree for a budget below every tree), every weight 1.
+    ``n_groups=k``: for each budget and each group ``G`` of :func:`task_groups`, the merge search's tree
+    (:func:`dymu.budget.merged_anchor`, affinity-guessed harm) for the preference ``r`` with half its mass spread
+    evenly over ``G`` and half over every task, weights ``N (r_k + 0.1 / N) / 1.1`` (mean 1, the preference as the search prices it); a budget below the
+    one-stream tree's cost gives the one-stream tree; a tree already listed is not repeated (the first keeps it).
+    ``affinity [N, N]`` (None: all tasks alike)."""
     n = table.n_tasks
     aff = np.ones((n, n)) if affinity is None else np.asarray(affinity, dtype=float)
-    family = affinity_family(table, aff)
-    trees: list[Assignment] = []
-    for budget in sorted(set(float(b) for b in budgets)):
-        tree = _rows(family_tree(family, budget * table.anchor_flops))
-        if tree not in trees:
-            trees.append(tree)
-    return sorted(trees, key=table.tree_flops)
+    specs: list[tuple[Assignment, tuple[float, ...]]] = []
+    seen: set[Assignment] = set()
+    ordered = sorted(set(float(b) for b in budgets))
+    if n_groups <= 0:
+        family = affinity_family(table, aff)
+        candidates = [(_rows(family_tree(family, b * table.anchor_flops)), (1.0,) * n) for b in ordered]
+    else:
+        candidates = []
+        for budget in ordered:
+            for group in task_groups(aff, n_groups):
+                preference = np.full(n, 0.5 / n)  # half the mass on the group: the others still train a little
+                preference[list(group)] += 0.5 / len(group)
+                # a budget below the one-stream tree asks for it (half a FLOP of slack: min_budget x anchor may round below)
+                tree = merged_anchor(table, max(budget, (table.min_flops + 0.5) / table.anchor_flops), preference, aff)
+                candidates.append((_rows(tree), tuple(float(w) for w in n * (preference + 0.1 / n) / 1.1)))
+    for tree, weights in candidates:
+        if tree not in seen:
+            seen.add(tree)
+            specs.append((tree, weights))
+    return sorted(specs, key=lambda spec: table.tree_flops(spec[0]))
+
+
+def own_tree_assignments(table: CostTable, affinity: np.ndarray | None, budgets: Sequence[float],
+                         n_groups: int = 0) -> list[Assignment]:
+    """The trees of :func:`own_tree_specs`, cheapest first: with ``n_groups=0`` the distinct nested affinity trees
+    (:func:`dymu.family.affinity_family`) of ``budgets``, for each budget the costliest family tree within it, the
+    one-stream tree for a budget below every tree. ``affinity [N, N]`` (None: all tasks alike, a family of the
+    one-stream tree alone)."""
+    return [tree for tree, _ in own_tree_specs(table, affinity, budgets, n_groups)]
 
 
 def _tree_copy(template: AnchorNet, assignment: Assignment) -> AnchorNet:
@@ -95,13 +153,24 @@ class OwnTrees(nn.Module):
     Args:
         template: the streams each copy starts from (the stage-0 streams); not modified.
         assignments: the trees, ``[L][N]`` each.
+        task_weights: per tree, each task's loss weight ``[N]`` in training and in the validation score
+            (:func:`own_tree_specs`; None: every weight 1).
     """
 
-    def __init__(self, template: AnchorNet, assignments: Sequence[Sequence[Sequence[int]]]):
+    def __init__(self, template: AnchorNet, assignments: Sequence[Sequence[Sequence[int]]],
+                 task_weights: Sequence[Sequence[float]] | None = None):
         super().__init__()
         self.assignments: list[Assignment] = [_rows(a) for a in assignments]
         if len(set(self.assignments)) != len(self.assignments):
             raise ValueError("own trees must be distinct")
+        n_tasks = template.n_tasks
+        weights = [[1.0] * n_tasks for _ in self.assignments] if task_weights is None else [list(w) for w in task_weights]
+        if len(weights) != len(self.assignments) or any(len(w) != n_tasks for w in weights):
+            raise ValueError(f"task_weights needs one weight per task ({n_tasks}) for each of the {len(self.assignments)} "
+                             f"own trees, got {[len(w) for w in weights]}")
+        if not all(np.isfinite(w) and w >= 0 for row in weights for w in row):
+            raise ValueError(f"task weights must be finite and >= 0, got {weights}")
+        self.task_weights: list[tuple[float, ...]] = [tuple(float(w) for w in row) for row in weights]
         self.nets = nn.ModuleList(_tree_copy(template, a) for a in self.assignments)
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
@@ -128,14 +197,14 @@ class OwnTrees(nn.Module):
 
     def train_step(self, tasks: Sequence[Task], scales: Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
                    info: StepInfo, x: Tensor, targets: dict[str, Tensor]) -> float:
-        """One step of every tree on its own loss ``sum_k w_k L_k`` (``scales [N]``) on the batch ``x [B, ...]``; no
-        parameter is shared between the copies, so summing the trees' losses trains each alone. Returns the mean over
-        trees."""
+        """One step of every tree on its own loss ``sum_k w_k v_k L_k`` (``scales [N]`` w, the tree's task weights v)
+        on the batch ``x [B, ...]``; no parameter is shared between the copies, so summing the trees' losses trains
+        each alone. Returns the mean over trees."""
         per_tree = self.losses(tasks, x, targets)
         for tree in per_tree:
             for task, loss in zip(tasks, tree):
                 info.check_loss(loss, task.name)
-        totals = torch.stack([(scales * tree).sum() for tree in per_tree])
+        totals = torch.stack([(scales * self._weights(i, scales) * tree).sum() for i, tree in enumerate(per_tree)])
         optimizer.zero_grad(set_to_none=True)
         totals.sum().backward()
         optimizer.step()
@@ -144,11 +213,15 @@ class OwnTrees(nn.Module):
 
     @torch.no_grad()
     def scores(self, tasks: Sequence[Task], scales: Tensor, batches: Sequence[Batch], device: torch.device) -> dict[str, float]:
-        """Each tree's validation score ``mean_k w_k L_k`` (``scales [N]``; eval mode, the supernet's score of a uniform
-        preference), keyed by the tree's index as a string."""
+        """Each tree's validation score ``mean_k w_k v_k L_k`` (``scales [N]`` w, the tree's task weights v; eval mode;
+        with every v 1 the supernet's score of a uniform preference), keyed by the tree's index as a string."""
         self.eval()
         try:
-            return {str(i): float((scales * tree_losses(net, tasks, a, batches, device)).mean())
+            return {str(i): float((scales * self._weights(i, scales) * tree_losses(net, tasks, a, batches, device)).mean())
                     for i, (net, a) in enumerate(zip(self.nets, self.assignments))}
         finally:
             self.train()
+
+    def _weights(self, index: int, like: Tensor) -> Tensor:
+        """Tree ``index``'s task weights ``[N]`` on ``like``'s device and dtype."""
+        return torch.tensor(self.task_weights[index], dtype=like.dtype, device=like.device)

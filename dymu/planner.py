@@ -132,6 +132,8 @@ class Planner:
         mode: ``"budget"`` or ``"paper"`` (see the module docstring).
         search: one of :data:`SEARCHES`: how a budget is met in budget mode (module docstring).
         path_losses: the measured per-path losses the searches of :data:`MEASURED_SEARCHES` need.
+        own_min_share: an own tree is served at a budget only when its FLOPs are at least this share of the budget's
+            (:class:`dymu.SupernetConfig` ``own_min_share``).
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class Planner:
         mode: str = "budget",
         search: str = "hypernet",
         path_losses: PathLosses | None = None,
+        own_min_share: float = 0.0,
     ):
         if mode not in CONTROL_MODES:
             raise ValueError(f"control mode must be one of {CONTROL_MODES}, got {mode!r}")
@@ -155,6 +158,7 @@ class Planner:
                              f"table for {cost_table.n_tasks} on {cost_table.n_layers}: they must come from one controller")
         self.edge, self.table, self.mode, self.search = edge, cost_table, mode, search
         self.path_losses = path_losses
+        self.own_min_share = float(own_min_share)
         self.task_names = list(task_names)
         n = len(self.task_names)
         self.affinity = np.ones((n, n)) if affinity is None else np.asarray(affinity, dtype=float)
@@ -231,13 +235,14 @@ class Planner:
         return self._budget_plan(assignment, preference, budget, self.search, own)
 
     def _own_tree_or(self, chosen, preference: np.ndarray, budget: float) -> tuple[tuple[tuple[int, ...], ...], bool]:
-        """``chosen`` or the own tree within ``budget`` that the measured losses price lowest for the preference, if
-        lower than ``chosen`` (ties keep ``chosen``); and whether it is an own tree."""
+        """``chosen`` or the own tree within ``budget`` (and of at least ``own_min_share`` of it) that the measured
+        losses price lowest for the preference, if lower than ``chosen`` (ties keep ``chosen``); and whether it is an
+        own tree."""
         assert self.path_losses is not None  # measured searches only
         allowed = budget * self.table.anchor_flops
         best, best_price, own = tuple(tuple(row) for row in chosen), priced_rise(chosen, preference, self.path_losses), False
         for index, (assignment, _) in enumerate(self.path_losses.own_trees):
-            if self.table.tree_flops(assignment) > allowed:
+            if not self.own_min_share * allowed <= self.table.tree_flops(assignment) <= allowed:
                 continue
             price = priced_own_tree(index, preference, self.path_losses)
             if price < best_price:

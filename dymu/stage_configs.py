@@ -174,6 +174,11 @@ class SupernetConfig(_Presets):
             own copy of the stage-0 streams, on this stage's batches, and is served from that copy where the
             measured search prices it lower (:mod:`dymu.own_trees`). [choice] empty by default: each own tree stores
             one more copy of the streams.
+        own_groups: 0 (default) trains, per budget of ``own_trees``, its nested affinity tree on a uniform preference;
+            ``k`` trains instead, per budget, one tree for each of ``k`` affinity groups of tasks, on a preference for
+            that group (:func:`dymu.own_trees.own_tree_specs`), so that preferences get different own trees.
+        own_min_share: an own tree is served at a budget only when its FLOPs are at least this share of the budget
+            (0, default: whenever it fits), so the cost follows the budget; 0.8 is the cost band's lower edge.
         seed: seeds tree draws (None: the controller's seed).
     """
 
@@ -193,6 +198,8 @@ class SupernetConfig(_Presets):
     family_one_stream: str = "root"
     solo: bool = False
     own_trees: tuple[float, ...] = ()
+    own_groups: int = 0
+    own_min_share: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -204,6 +211,12 @@ class SupernetConfig(_Presets):
                 raise ValueError(f"own_trees holds budgets (fractions of the anchor's FLOPs) in [0, 1], got {value!r}")
             budgets.append(float(value))
         self.own_trees = tuple(sorted(set(budgets)))
+        if isinstance(self.own_groups, bool) or not isinstance(self.own_groups, int) or self.own_groups < 0:
+            raise ValueError(f"own_groups must be an int >= 0 (0: one uniform tree per budget), got {self.own_groups!r}")
+        if isinstance(self.own_min_share, bool) or not isinstance(self.own_min_share, (int, float)) \
+                or not 0.0 <= float(self.own_min_share) <= 1.0:
+            raise ValueError(f"own_min_share must be a share of the budget in [0, 1], got {self.own_min_share!r}")
+        self.own_min_share = float(self.own_min_share)
         if not isinstance(self.solo, bool):
             raise ValueError(f"solo must be True or False, got {self.solo!r}")
         if self.bn not in ("batch", "anchor"):

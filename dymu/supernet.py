@@ -191,7 +191,7 @@ def sandwich_blocks_per_image(config: SupernetConfig, table: CostTable, affinity
                           config.tree_family, config.family_one_stream)
     streams = table.n_tasks * table.n_layers
     extra = streams * ((config.distill == "features" and config.distill_weight > 0) + bool(config.solo))
-    extra += sum(tree_blocks(a) for a in own_tree_assignments(table, affinity, config.own_trees))
+    extra += sum(tree_blocks(a) for a in own_tree_assignments(table, affinity, config.own_trees, config.own_groups))
     total = sum(sum(tree_blocks(assignment) for assignment, _ in trees.draw()) for _ in range(config.steps))
     return total / config.steps + extra if config.steps else 0.0
 
