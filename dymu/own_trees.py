@@ -22,10 +22,10 @@ the supernet's trees on every task, and the search served them to 74-100 % of th
 the tasks are clustered by affinity into ``k`` groups (:func:`task_groups`) and, for each budget and each group, the
 merge search's tree for a preference leaning on that group (half its mass on the group, half on every task;
 :func:`dymu.budget.merged_anchor`: the other tasks merge first, onto their most similar tasks' features) trains alone
-with each task's loss weighted as the search prices that preference (``r_k + 0.1 / N``: the group's tasks 3.5 times the
-others with 3 groups of 2 among 6 tasks, so the group's shared nodes serve the group first). The search then serves each preference the copy
-that prices lowest for it. ``own_min_share`` (:class:`dymu.SupernetConfig`) keeps copies far below a budget from
-being served at it, so the cost follows the budget.
+with each task's loss weighted as the search prices that preference (``r_k + 0.1 / N``: the group's tasks 3.5
+times the others with 3 groups of 2 among 6 tasks, so the group's shared nodes serve the group first). The search
+then serves each preference the copy that prices lowest for it. ``own_min_share`` (:class:`dymu.SupernetConfig`)
+keeps copies far below a budget from being served at it, so the cost follows the budget.
 
 What it costs: one stored copy of its tree's nodes and of the heads per own tree, and each supernet step runs every own tree
 once more (counted in :func:`dymu.supernet.sandwich_blocks_per_image`). The served model's FLOPs are its tree's.
@@ -89,8 +89,9 @@ def own_tree_specs(table: CostTable, affinity: np.ndarray | None, budgets: Seque
     costliest family tree within it (the one-stream tree for a budget below every tree), every weight 1.
     ``n_groups=k``: for each budget and each group ``G`` of :func:`task_groups`, the merge search's tree
     (:func:`dymu.budget.merged_anchor`, affinity-guessed harm) for the preference ``r`` with half its mass spread
-    evenly over ``G`` and half over every task, weights ``N (r_k + 0.1 / N) / 1.1`` (mean 1, the preference as the search prices it); a budget below the
-    one-stream tree's cost gives the one-stream tree; a tree already listed is not repeated (the first keeps it).
+    evenly over ``G`` and half over every task, weights ``N (r_k + 0.1 / N) / 1.1`` (mean 1, the preference as the
+    search prices it); a budget below the one-stream tree's cost gives the one-stream tree; a tree already listed is
+    not repeated (the first keeps it).
     ``affinity [N, N]`` (None: all tasks alike)."""
     n = table.n_tasks
     aff = np.ones((n, n)) if affinity is None else np.asarray(affinity, dtype=float)
@@ -106,7 +107,8 @@ def own_tree_specs(table: CostTable, affinity: np.ndarray | None, budgets: Seque
             for group in task_groups(aff, n_groups):
                 preference = np.full(n, 0.5 / n)  # half the mass on the group: the others still train a little
                 preference[list(group)] += 0.5 / len(group)
-                # a budget below the one-stream tree asks for it (half a FLOP of slack: min_budget x anchor may round below)
+                # a budget below the one-stream tree asks for it (half a FLOP of slack: min_budget x anchor may
+                # round below min_flops)
                 tree = merged_anchor(table, max(budget, (table.min_flops + 0.5) / table.anchor_flops), preference, aff)
                 candidates.append((_rows(tree), tuple(float(w) for w in n * (preference + 0.1 / n) / 1.1)))
     for tree, weights in candidates:
@@ -204,7 +206,8 @@ class OwnTrees(nn.Module):
         for tree in per_tree:
             for task, loss in zip(tasks, tree):
                 info.check_loss(loss, task.name)
-        totals = torch.stack([(scales * self._weights(i, scales) * tree).sum() for i, tree in enumerate(per_tree)])
+        totals = torch.stack([(scales * self._weights(i, scales) * tree).sum()
+                              for i, tree in enumerate(per_tree)])
         optimizer.zero_grad(set_to_none=True)
         totals.sum().backward()
         optimizer.step()
@@ -217,7 +220,8 @@ class OwnTrees(nn.Module):
         with every v 1 the supernet's score of a uniform preference), keyed by the tree's index as a string."""
         self.eval()
         try:
-            return {str(i): float((scales * self._weights(i, scales) * tree_losses(net, tasks, a, batches, device)).mean())
+            return {str(i): float((scales * self._weights(i, scales)
+                                   * tree_losses(net, tasks, a, batches, device)).mean())
                     for i, (net, a) in enumerate(zip(self.nets, self.assignments))}
         finally:
             self.train()
