@@ -23,7 +23,7 @@ from .solo import solo_tasks
 if TYPE_CHECKING:
     from .path_losses import PathLosses
 
-__all__ = ["CostTable", "shrink_to_budget", "merged_anchor", "fill_budget", "priced_rise"]
+__all__ = ["CostTable", "shrink_to_budget", "merged_anchor", "fill_budget", "priced_rise", "price_weights"]
 
 
 @dataclass(frozen=True)
@@ -221,10 +221,16 @@ def priced_own_tree(index: int, preference: Sequence[float], path_losses: PathLo
     return _price(preference, [path_losses.own_tree_rise(index, k) for k in range(path_losses.n_tasks)])
 
 
+def price_weights(preference: Sequence[float]) -> np.ndarray:
+    """Each task's weight in the searches' price, ``r_k + 0.1 / N`` for a preference ``[N]`` -> ``[N]``: every task
+    counts a little, whatever the preference."""
+    r = np.asarray(preference, dtype=float)
+    return r + 0.1 / len(r)
+
+
 def _price(preference: Sequence[float], rises: Sequence[float]) -> float:
-    """``sum_k (r_k + 0.1 / N) * rises[k]``: every task counts a little, whatever the preference."""
-    weights = np.asarray(preference, dtype=float) + 0.1 / len(rises)
-    return float(sum(w * rise for w, rise in zip(weights, rises)))
+    """``sum_k (r_k + 0.1 / N) * rises[k]`` (:func:`price_weights`)."""
+    return float(sum(w * rise for w, rise in zip(price_weights(preference), rises)))
 
 
 #: a node with more children than this offers each child alone as a split, not every union of children

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from .anchor import AnchorNet, tree_forward, tree_losses
-from .budget import CostTable, merged_anchor
+from .budget import CostTable, merged_anchor, price_weights
 from .family import affinity_family, family_tree
 from .loop import Batch, StepInfo
 from .tasks import Task
@@ -72,12 +72,10 @@ def task_groups(affinity: np.ndarray, n_groups: int) -> list[tuple[int, ...]]:
     aff = np.asarray(affinity, dtype=float)
     groups = [[k] for k in range(len(aff))]
     while len(groups) > max(int(n_groups), 1):
-        _, first, second = max((float(aff[np.ix_(a, b)].mean()), -i, -j)
-                               for i, a in enumerate(groups) for j, b in enumerate(groups) if i < j)
-        merged = sorted(groups[-first] + groups[-second])
-        groups = [g for i, g in enumerate(groups) if i not in (-first, -second)] + [merged]
-        groups.sort()
-    return sorted(tuple(g) for g in groups)
+        pairs = [(i, j) for i in range(len(groups)) for j in range(i + 1, len(groups))]
+        i, j = max(pairs, key=lambda p: (float(aff[np.ix_(groups[p[0]], groups[p[1]])].mean()), -p[0], -p[1]))
+        groups = sorted([g for k, g in enumerate(groups) if k not in (i, j)] + [sorted(groups[i] + groups[j])])
+    return [tuple(g) for g in groups]
 
 
 def own_tree_specs(table: CostTable, affinity: np.ndarray | None, budgets: Sequence[float],
@@ -110,7 +108,8 @@ def own_tree_specs(table: CostTable, affinity: np.ndarray | None, budgets: Seque
                 # a budget below the one-stream tree asks for it (half a FLOP of slack: min_budget x anchor may
                 # round below min_flops)
                 tree = merged_anchor(table, max(budget, (table.min_flops + 0.5) / table.anchor_flops), preference, aff)
-                candidates.append((_rows(tree), tuple(float(w) for w in n * (preference + 0.1 / n) / 1.1)))
+                # n / 1.1 makes the mean 1 (a preference sums to 1, so the price weights sum to 1.1)
+                candidates.append((_rows(tree), tuple(float(w) for w in n * price_weights(preference) / 1.1)))
     for tree, weights in candidates:
         if tree not in seen:
             seen.add(tree)
