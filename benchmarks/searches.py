@@ -1,5 +1,6 @@
 """Look inside a trained controller: its budget searches scored again on validation, the FLOPs each one plans, how
-much a task loses on another task's stream (its path table), and the blocks its supernet stage ran per training image.
+much a task loses on another task's stream (its path table), the blocks its supernet stage ran per training image, and
+(``--control-budgets``) how well its models follow the preference at given budgets, on validation.
 
 Usage (a controller a benchmark run saved; the run's state folder, ``OUT/<stem>-state``)::
 
@@ -9,12 +10,18 @@ The validation images are the controller's own validation requests' (the first 5
 split, as :meth:`dymu.Controller.fit_edge` reads them); the test split is not read. Nothing is trained, and the file
 is not changed. The scores of searches the controller already scored are taken from its record, the others
 (a search added since it was trained) measured: :meth:`dymu.Controller.choose_search`.
+
+``--control-budgets 0.4 0.6`` also builds the model of every evaluation preference of the benchmark's protocol at each
+budget and measures it on the whole validation split (as :mod:`benchmarks.split` scores its candidates halfway): the
+Spearman controllability (mean and per task), the distinct trees, the share served on an own tree and the mean FLOPs.
+"Control that works" states its control bars at budgets 0.4 and 0.6; :mod:`benchmarks.split` scores halfway only.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,7 +36,7 @@ from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
 from .options import add_saved_controller, saved_seed
 
-__all__ = ["foreign_rises", "planned_cost", "own_tree_share", "main"]
+__all__ = ["foreign_rises", "planned_cost", "own_tree_share", "control_at_budgets", "main"]
 
 
 def foreign_rises(table: PathLosses) -> list[tuple[int, int, float]]:
@@ -66,7 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.searches", description=__doc__.split("\n\n")[0])
     add_saved_controller(parser, BENCHMARKS, "the run's seed (it orders the validation batches)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--control-budgets", type=float, nargs="+", default=(), metavar="B",
+                        help="also measure controllability on validation at these budgets (fractions of the anchor's FLOPs)")
     args = parser.parse_args(argv)
+    bad = [b for b in args.control_budgets if not 0 < b <= 1]
+    if bad:
+        parser.error(f"--control-budgets must lie in (0, 1], got {bad}")
     if not args.controller.is_file():
         parser.error(f"no controller file at {args.controller}")
     args.seed = saved_seed(parser, args.controller, args.seed)
@@ -106,7 +118,52 @@ def main(argv: Sequence[str] | None = None) -> int:
               + ", ".join(f"budget {b:g}: {c:.3f}" for b, c in zip(budgets, costs)))
     if ctrl.own_trees is not None and ctrl.path_losses is not None:
         _print_own_trees(ctrl, prefs)
+    if args.control_budgets:
+        example = bench.val.batch(np.arange(1))[0]
+        evaluation = protocol.evaluation_preferences(len(names), config.n_preferences)
+        print(f"on validation, {len(evaluation)} evaluation preferences per budget (controllability: Spearman, per task "
+              f"{' / '.join(names)})")
+        for row in control_at_budgets(ctrl, bench.tasks(), list(val), evaluation, args.control_budgets, example):
+            per_task = " / ".join(_number(v) for v in row["per_task"])
+            print(f"  budget {row['budget']:g}: controllability {_number(row['controllability'])} ({per_task}), "
+                  f"{row['distinct_trees']} distinct trees (the most served: {row['most_served']}), own trees served {row['own_share']:.0%}, "
+                  f"mean FLOPs {row['flops_fraction']:.3f} of the anchor's")
     return 0
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+class _Saved:
+    """A loaded controller as the protocol's method: ``model_for`` builds its model."""
+
+    def __init__(self, ctrl: dymu.Controller):
+        self.controller = ctrl
+
+    def model_for(self, preference: np.ndarray, *, c: float | None = None, budget: float | None = None) -> torch.nn.Module:
+        return self.controller.build_model(list(map(float, preference)), budget, c=c)
+
+
+def control_at_budgets(ctrl: dymu.Controller, tasks: Sequence[dymu.Task], batches: Sequence, preferences: np.ndarray,
+                       budgets: Sequence[float], example: torch.Tensor) -> list[dict]:
+    """Per budget, ``ctrl``'s models for ``preferences [P, N]`` measured on ``batches``: ``{"budget", "controllability"
+    (the mean Spearman rank correlation between a task's preference and its primary metric; None when undefined, a
+    model that ignores the preference), "per_task" [N], "distinct_trees", "most_served" (the preferences the most
+    served tree serves), "own_share" (served on an own tree),
+    "flops_fraction" (the measured FLOPs' mean over the cost table's anchor tree, heads included)}``.
+    ``example [1, C, H, W]``: FLOPs are counted on it."""
+    settings = [protocol.Setting(f"budget={b:g}", budget=float(b)) for b in budgets]
+    records = protocol.evaluate_method(_Saved(ctrl), tasks, batches, preferences, settings, example=example)
+    out = []
+    for setting in settings:
+        rows = [r for r in records if r.setting == setting.name]
+        trees = Counter(tuple(map(tuple, r.info.get("tree") or [])) for r in rows)
+        out.append({"budget": setting.budget, **protocol.control_of(tasks, rows),
+                    "most_served": max(trees.values()),
+                    "own_share": float(np.mean([bool(r.info.get("own_weights")) for r in rows])),
+                    "flops_fraction": float(np.mean([r.flops for r in rows])) / ctrl.cost_table.anchor_flops})
+    return out
 
 
 def own_tree_share(ctrl: dymu.Controller, budgets: Sequence[float], preferences: np.ndarray) -> list[float]:

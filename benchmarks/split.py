@@ -129,14 +129,11 @@ def _val_hv(method: ControllerMethod, tasks, val, preferences: np.ndarray, space
         losses = np.array([r.losses for r in kept])
         out[f"hv_{key}"] = protocol.hv_of(space, losses)
         out[f"mean_loss_{key}"] = losses.mean(0).tolist()
-        out[f"distinct_trees_{key}"] = len({tuple(map(tuple, r.info.get("tree") or [])) for r in kept})
+        out[f"distinct_trees_{key}"] = protocol.control_of(tasks, kept)["distinct_trees"]
     out["score"] = out["hv_full"] + out["hv_mid"] + out["hv_min"]
-    mid = rows["mid"]
-    mean, _, per_task = protocol.controllability_scores(
-        tasks, np.array([r.preference for r in mid]), np.array([r.primary for r in mid]), np.array([r.losses for r in mid]))
     # undefined (a model that ignores the preference) is None, as the results files write it
-    out["controllability_mid"] = mean if np.isfinite(mean) else None
-    out["controllability_mid_per_task"] = [v if np.isfinite(v) else None for v in per_task]
+    mid = protocol.control_of(tasks, rows["mid"])
+    out["controllability_mid"], out["controllability_mid_per_task"] = mid["controllability"], mid["per_task"]
     curve = protocol.planned_cost(method, [], protocol.cost_preferences(len(tasks)), curve_cs=())["budget_curve"]
     out.update(cost_budgets=curve["budget"], cost_fraction=curve["flops_fraction"],
                fallback=float(np.mean(curve["fallback_fraction"])) if curve["fallback_fraction"] else 0.0,

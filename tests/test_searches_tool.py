@@ -64,3 +64,21 @@ def test_the_own_tree_printout_sets_the_solo_streams_beside_the_own_trees(capsys
     out = capsys.readouterr().out
     assert ("1.000 of the anchor's FLOPs, the solo streams (trained alone for the same steps): "
             + ", ".join(f"{name} -50.0%" for name in ctrl.task_names)) in out
+
+
+def test_control_at_budgets_measures_the_models_the_controller_builds():
+    from benchmarks.searches import control_at_budgets
+
+    ctrl, data = trained_streams(3, steps=2)
+    ctrl.search = "merge"
+    prefs = np.random.default_rng(0).dirichlet(np.ones(3), size=6)
+    low = ctrl.min_budget
+    full, tight = control_at_budgets(ctrl, ctrl.tasks, data, prefs, [1.0, low], data[0][0][:1])
+    # budget 1: the anchor tree for every preference, so the metrics cannot follow the preference
+    assert full["distinct_trees"] == 1 and full["most_served"] == 6
+    assert full["controllability"] is None and full["per_task"] == [None] * 3
+    assert full["flops_fraction"] == pytest.approx(1.0, rel=1e-3) and full["own_share"] == 0.0
+    # the minimum budget: the one-stream trees, within the budget
+    assert tight["flops_fraction"] <= low * (1 + 1e-6)
+    assert tight["budget"] == low and len(tight["per_task"]) == 3
+    assert tight["most_served"] * tight["distinct_trees"] >= 6 >= tight["most_served"]

@@ -43,6 +43,9 @@ Per setting (:func:`summarise`, keys :data:`METRICS`), for the CPU benchmarks an
 (5.0, [4.0, 4.0], 0.0)
 >>> aggregate([{"hv": 1.0}, {"hv": 3.0}])["hv"]["mean"]
 2.0
+>>> control = control_of(tasks, records)   # the preferred task has the lower loss (the primary metric here)
+>>> round(control["controllability"], 6), control["distinct_trees"]   # no "tree" in the records' info: 0 known
+(1.0, 0)
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from dymu.tasks import Task
 from .loss_space import LossSpace, hv_of
 from .records import ModelRecord
 
-__all__ = ["METRICS", "summarise", "aggregate", "preference_losses", "controllability_scores"]
+__all__ = ["METRICS", "summarise", "aggregate", "preference_losses", "controllability_scores", "control_of"]
 
 #: the per-setting numbers of :func:`summarise` (besides the per-task ``mean_loss`` / ``mean_primary``)
 METRICS = (
@@ -101,6 +104,17 @@ def controllability_scores(tasks: Sequence[Task], prefs: np.ndarray, primary: np
         by_loss = controllability(prefs, losses, False, task_names=names)
         per_task = controllability_per_task(prefs, primary, directions, task_names=names)
     return by_metric, by_loss, [float(v) for v in per_task]
+
+
+def control_of(tasks: Sequence[Task], rows: Sequence[ModelRecord]) -> dict[str, Any]:
+    """How the models of ``rows`` (one setting, one record per preference) follow the preference:
+    ``{"controllability": mean Spearman of the primary metrics (None when undefined: the models ignore the
+    preference), "per_task": [N] (None where undefined), "distinct_trees"}``."""
+    mean, _, per_task = controllability_scores(tasks, np.array([r.preference for r in rows]),
+                                               np.array([r.primary for r in rows]), np.array([r.losses for r in rows]))
+    return {"controllability": float(mean) if np.isfinite(mean) else None,
+            "per_task": [float(v) if np.isfinite(v) else None for v in per_task],
+            "distinct_trees": _distinct_trees(rows) or 0}
 
 
 def preference_losses(prefs: np.ndarray, losses: np.ndarray, single_task_losses: Sequence[float]) -> np.ndarray:
