@@ -34,6 +34,7 @@ from dymu.path_losses import PathLosses
 from . import protocol
 from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
+from .methods import ControllerMethod
 from .options import add_saved_controller, saved_seed
 
 __all__ = ["foreign_rises", "planned_cost", "own_tree_share", "control_at_budgets", "main"]
@@ -124,25 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"on validation, {len(evaluation)} evaluation preferences per budget (controllability: Spearman, per task "
               f"{' / '.join(names)})")
         for row in control_at_budgets(ctrl, bench.tasks(), list(val), evaluation, args.control_budgets, example):
-            per_task = " / ".join(_number(v) for v in row["per_task"])
-            print(f"  budget {row['budget']:g}: controllability {_number(row['controllability'])} ({per_task}), "
+            per_task = " / ".join(protocol.control_text(v) for v in row["per_task"])
+            print(f"  budget {row['budget']:g}: controllability {protocol.control_text(row['controllability'])} ({per_task}), "
                   f"{row['distinct_trees']} distinct trees (the most served: {row['most_served']}), own trees served {row['own_share']:.0%}, "
                   f"mean FLOPs {row['flops_fraction']:.3f} of the anchor's")
     return 0
-
-
-def _number(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.3f}"
-
-
-class _Saved:
-    """A loaded controller as the protocol's method: ``model_for`` builds its model."""
-
-    def __init__(self, ctrl: dymu.Controller):
-        self.controller = ctrl
-
-    def model_for(self, preference: np.ndarray, *, c: float | None = None, budget: float | None = None) -> torch.nn.Module:
-        return self.controller.build_model(list(map(float, preference)), budget, c=c)
 
 
 def control_at_budgets(ctrl: dymu.Controller, tasks: Sequence[dymu.Task], batches: Sequence, preferences: np.ndarray,
@@ -154,7 +141,9 @@ def control_at_budgets(ctrl: dymu.Controller, tasks: Sequence[dymu.Task], batche
     "flops_fraction" (the measured FLOPs' mean over the cost table's anchor tree, heads included)}``.
     ``example [1, C, H, W]``: FLOPs are counted on it."""
     settings = [protocol.Setting(f"budget={b:g}", budget=float(b)) for b in budgets]
-    records = protocol.evaluate_method(_Saved(ctrl), tasks, batches, preferences, settings, example=example)
+    method = ControllerMethod(lambda: ctrl, steps=None)  # trains nothing here: it builds the loaded controller's models
+    method.controller = ctrl
+    records = protocol.evaluate_method(method, tasks, batches, preferences, settings, example=example)
     out = []
     for setting in settings:
         rows = [r for r in records if r.setting == setting.name]

@@ -254,7 +254,7 @@ def score_candidates(benchmark: str, mode: str, seed: int, candidates: list[dict
                                       "controller": str(saved),
                                       "seconds": time.time() - began})
         say(f"candidate {index + 1}: val HV budget 1 {scored['hv_full']:.4f}, mid {scored['hv_mid']:.4f}, min {scored['hv_min']:.4f}; "
-            f"controllability halfway {_number(scored['controllability_mid'])}, cost in band {scored['cost_band']} "
+            f"controllability halfway {protocol.control_text(scored['controllability_mid'])}, cost in band {scored['cost_band']} "
             f"({time.time() - began:.0f} s)")
         results["chosen"] = choose(results["candidates"])
         write_json(out, results)
@@ -283,10 +283,6 @@ def merge(files: list[dict[str, Any]]) -> dict[str, Any]:
     return {**first, "rule": rule, "candidates": candidates, "chosen": choose(candidates)}
 
 
-def _number(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.3f}"
-
-
 def format_table(results: dict[str, Any]) -> str:
     """The candidates as a markdown table, the chosen one marked."""
     lines = [f"**{results['benchmark']}** ({results['mode']}, seed {results['seed']}), validation only; {results['rule']}",
@@ -301,7 +297,7 @@ def format_table(results: dict[str, Any]) -> str:
         if cleared is None:
             control, cost, bars = "–", "–", "not measured"
         else:
-            control = f"{_number(c['controllability_mid'])} ({' / '.join(_number(v) for v in c['controllability_mid_per_task'])})"
+            control = f"{protocol.control_text(c['controllability_mid'])} ({' / '.join(protocol.control_text(v) for v in c['controllability_mid_per_task'])})"
             cost = ", ".join(f"{b:g}: {f:.2f}" for b, f in zip(c["cost_budgets"], c["cost_fraction"])) + f" ({c['fallback']:.0%})"
             bars = "cleared" if cleared else "MISSED"
         lines.append(f"| {cand['supernet']} / {cand['edge']} / {cand['weights']} | {extra} | {c['hv_full']:.4f} | "

@@ -128,7 +128,7 @@ from .requests import (
     format_number,
     settings_for,
 )
-from .summary import METRICS, aggregate, control_of, controllability_scores, preference_losses, summarise
+from .summary import METRICS, aggregate, control_of, control_text, controllability_scores, preference_losses, summarise
 from .targets import check_control_targets, check_shared_node_targets, check_targets, cost_band_met
 from .training_budget import BLOCK_PASSES_RULE, TRAINING_BUDGET_RULE, Allocation, Part, allocation, training_totals
 

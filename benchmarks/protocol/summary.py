@@ -64,7 +64,7 @@ from dymu.tasks import Task
 from .loss_space import LossSpace, hv_of
 from .records import ModelRecord
 
-__all__ = ["METRICS", "summarise", "aggregate", "preference_losses", "controllability_scores", "control_of"]
+__all__ = ["METRICS", "summarise", "aggregate", "preference_losses", "controllability_scores", "control_of", "control_text"]
 
 #: the per-setting numbers of :func:`summarise` (besides the per-task ``mean_loss`` / ``mean_primary``)
 METRICS = (
@@ -115,6 +115,11 @@ def control_of(tasks: Sequence[Task], rows: Sequence[ModelRecord]) -> dict[str, 
     return {"controllability": float(mean) if np.isfinite(mean) else None,
             "per_task": [float(v) if np.isfinite(v) else None for v in per_task],
             "distinct_trees": _distinct_trees(rows) or 0}
+
+
+def control_text(value: float | None) -> str:
+    """A controllability of :func:`control_of` as printed: three decimals, or ``undefined`` for None."""
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 def preference_losses(prefs: np.ndarray, losses: np.ndarray, single_task_losses: Sequence[float]) -> np.ndarray:
