@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks.reprint benchmarks/results/supernet/fashion_digits.json
     python -m benchmarks.reprint benchmarks/results/longer-supernet/fashion_digits.json --paths digit budget=0.6
+    python -m benchmarks.reprint benchmarks/results/own-min/fashion_digits.json --against benchmarks/results/family4/fashion_digits.json --labels own-min preset
 
 The run itself prints the same table when it ends (:func:`benchmarks.protocol.format_markdown`); this
 prints it again from the file, with the targets of the current :mod:`benchmarks.protocol.targets` (for a
@@ -76,16 +77,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("results", type=Path, help="a results file written by python -m benchmarks.run")
     parser.add_argument("--paths", nargs=2, metavar=("TASK", "SETTING"), default=None,
                         help="print where TASK's path runs in the controller's trees of SETTING (e.g. digit budget=0.6)")
+    parser.add_argument("--against", type=Path, default=None, metavar="OTHER",
+                        help="print the controller of both files side by side (two runs with the same baselines)")
+    parser.add_argument("--labels", nargs=2, default=("this", "other"), metavar=("THIS", "OTHER"),
+                        help="the two files' names in the --against table")
     args = parser.parse_args(argv)
-    if not args.results.is_file():
-        parser.error(f"no results file at {args.results}")
-    try:
-        results = json.loads(args.results.read_text())
-    except json.JSONDecodeError as error:
-        parser.error(f"{args.results} is not a JSON results file: {error}")
-    if not results.get("protocol") or not results.get("methods"):
-        parser.error(f"{args.results} has no summarised results yet (a run summarises a seed once its single-task "
-                     "baseline is evaluated); finish it with python -m benchmarks.run ... --resume")
+    results = _read(parser, args.results)
+    if args.against is not None:
+        try:
+            print(protocol.format_comparison(results, _read(parser, args.against), labels=args.labels))
+        except ValueError as error:
+            parser.error(str(error))
+        return 0
     if args.paths is not None:
         try:
             print(task_paths(results, *args.paths))
@@ -97,6 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(banner + "\n")
     print(protocol.format_markdown(retarget(results)))
     return 0
+
+
+def _read(parser: argparse.ArgumentParser, path: Path) -> dict:
+    """The summarised results file at ``path``; a clear parser error for a missing, broken or unsummarised one."""
+    if not path.is_file():
+        parser.error(f"no results file at {path}")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        parser.error(f"{path} is not a JSON results file: {error}")
+    if not results.get("protocol") or not results.get("methods"):
+        parser.error(f"{path} has no summarised results yet (a run summarises a seed once its single-task "
+                     "baseline is evaluated); finish it with python -m benchmarks.run ... --resume")
+    return results
 
 
 def unfinished_banner(results: dict) -> str:

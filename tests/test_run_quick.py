@@ -164,6 +164,33 @@ def test_reprint_decides_the_targets_again_from_the_file(tiny_run, capsys):
     assert "has no summarised results yet" in capsys.readouterr().err
 
 
+def test_reprint_against_sets_two_controllers_side_by_side_and_refuses_incomparable_files(tiny_run, capsys):
+    from benchmarks import reprint
+
+    out, results, _ = tiny_run
+    # a second controller: the same baselines, a different controller's HV at every setting
+    other = json.loads(json.dumps(results))
+    for setting in other["methods"]["dymu"]["settings"].values():
+        setting["hv"]["mean"] = 0.5 * (setting["hv"]["mean"] or 0.0)
+    (out / "other.json").write_text(json.dumps(other))
+    assert reprint.main([str(out / "multifashion-quick-custom.json"), "--against", str(out / "other.json"),
+                         "--labels", "new", "old"]) == 0
+    printed = capsys.readouterr().out
+    settings = list(results["methods"]["dymu"]["settings"])
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and not line.startswith("| dymu setting")]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == settings
+    first = results["methods"]["dymu"]["settings"][settings[0]]["hv"]["mean"]
+    assert f"{first:.5f} / {0.5 * first:.5f}" in rows[0]
+    baselines = sorted(m for m in results["methods"] if not m.startswith("dymu"))
+    assert f"Baselines with the same HV in both files: {', '.join(baselines)}." in printed
+
+    moved = json.loads(json.dumps(results))
+    moved["protocol"]["loss_space"]["reference"] = [2 * v for v in moved["protocol"]["loss_space"]["reference"]]
+    (out / "moved.json").write_text(json.dumps(moved))
+    with pytest.raises(SystemExit):
+        reprint.main([str(out / "multifashion-quick-custom.json"), "--against", str(out / "moved.json")])
+    assert "reference points differ" in capsys.readouterr().err
+
 def test_stage_configs_over_the_preset_from_the_command_line():
     from benchmarks.run import _parser, stage_overrides
     from benchmarks.config import make_config

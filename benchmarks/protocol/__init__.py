@@ -15,6 +15,7 @@ module                                         idea
 :mod:`~benchmarks.protocol.targets`            the issues' targets
 :mod:`~benchmarks.protocol.training_budget`    the equal training budget rule, each method's training totals
 :mod:`~benchmarks.protocol.report`             the ``protocol`` entry of a results file, the printed tables
+:mod:`~benchmarks.protocol.comparison`         two controllers against one set of baselines, side by side
 =============================================  ===================================================================
 
 What is measured, for every method (a :class:`benchmarks.methods.Method`) and every seed:
@@ -102,8 +103,9 @@ Targets (:func:`check_targets`, :func:`check_control_targets`, :func:`check_shar
 
 from __future__ import annotations
 
-from . import cost as _cost, equal_cost as _equal_cost, loss_space as _loss_space, records as _records, report as _report
+from . import comparison as _comparison, cost as _cost, equal_cost as _equal_cost, loss_space as _loss_space, records as _records, report as _report
 from . import requests as _requests, summary as _summary, targets as _targets, training_budget as _training_budget
+from .comparison import format_comparison, shared_baselines
 from .cost import COST_BAND, COST_BUDGETS, planned_cost
 from .equal_cost import EQUAL_COST_BUDGETS, WIN_TARGET, budget_setting, compare_at_equal_cost
 from .loss_space import HV_REFERENCE, HV_REFERENCE_FACTOR, INPUT_BLIND_RULE, LossSpace, hv_of, input_blind_losses, loss_space, normalised_loss_space
@@ -133,5 +135,5 @@ from .targets import check_control_targets, check_shared_node_targets, check_tar
 from .training_budget import BLOCK_PASSES_RULE, TRAINING_BUDGET_RULE, Allocation, Part, allocation, training_totals
 
 # The package exports exactly what its modules export: each name is listed once, in its own module.
-_MODULES = (_requests, _loss_space, _records, _cost, _equal_cost, _summary, _targets, _report, _training_budget)
+_MODULES = (_requests, _loss_space, _records, _cost, _equal_cost, _summary, _targets, _report, _comparison, _training_budget)
 __all__ = [name for module in _MODULES for name in module.__all__]
