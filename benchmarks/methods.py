@@ -14,8 +14,10 @@ from __future__ import annotations
 import abc
 import copy
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,9 +100,18 @@ class ControllerMethod(Method):
             their ``steps`` are replaced by the budget's.
         use_weight_hypernet: False gives the paper's "without weight hypernet" baseline.
         name: result key.
+
+    After :meth:`checkpoint_stages`, every stage :meth:`fit` trains writes a resume checkpoint into a folder
+    (:mod:`dymu.resume`) and, with ``resume=True``, continues from what an interrupted process left there: finished
+    stages are loaded, not retrained, and a stage killed between two checkpoints continues with the weights an
+    uninterrupted run reaches. :attr:`resumed_stages` then names the step each stage continued from, and
+    :attr:`train_seconds` adds the training time those stages' checkpoints recorded in the earlier processes.
     """
 
     dynamic_cost = True
+    #: steps between two checkpoints of a stage (and one at its end): about two minutes of the full presets' supernet
+    #: stage on one CPU thread
+    CHECKPOINT_EVERY = 50
 
     def __init__(
         self,
@@ -126,9 +137,31 @@ class ControllerMethod(Method):
         self.name = name
         self.anchor_from = anchor_from
         self.controller: dymu.Controller | None = None
+        self.checkpoints: Path | None = None
+        self.resume = False
+        #: stage -> the step its checkpoint was continued from (the stage's steps: loaded finished)
+        self.resumed_stages: dict[str, int] = {}
+        self._carried_seconds = 0.0
+
+    def checkpoint_stages(self, folder: str | Path, *, resume: bool) -> None:
+        """Write each stage's resume checkpoint into ``folder`` (``anchor.pt``, ``supernet.pt``, ``edge.pt``,
+        ``weights.pt``); with ``resume`` continue from the checkpoints already there."""
+        self.checkpoints, self.resume = Path(folder), resume
+
+    def _stage(self, name: str, fit: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> None:
+        """Run one ``Controller.fit_*`` stage, checkpointed when :meth:`checkpoint_stages` was called."""
+        if self.checkpoints is not None:
+            kwargs.update(checkpoint=self.checkpoints, checkpoint_every=self.CHECKPOINT_EVERY, resume=self.resume)
+        started = time.time()
+        result = fit(*args, **kwargs)
+        if result.get("resumed_at"):
+            self.resumed_stages[name] = int(result["resumed_at"])
+            # the stage's recorded seconds cover every process that trained it; this one ran only the rest
+            self._carried_seconds += max(0.0, float(result.get("seconds", 0.0)) - (time.time() - started))
 
     def fit(self, train, val, *, device, verbose=True) -> None:
         start = time.time()
+        self.resumed_stages, self._carried_seconds = {}, 0.0
         ctrl = self.make_controller().to(device)
         if self.anchor_from is not None and self.anchor_from.controller is not None:
             # ablations share the trained anchor (stage 0 is identical); its time is counted here too
@@ -144,22 +177,24 @@ class ControllerMethod(Method):
             self.teacher = self.anchor_from.teacher
             start -= source.stages["anchor"]["seconds"] + source.stages.get("supernet", {}).get("seconds", 0.0)
         else:
-            ctrl.fit_anchor(train, val, steps=self.steps.anchor, device=device, verbose=verbose)
+            self._stage("anchor", ctrl.fit_anchor, train, val, steps=self.steps.anchor, device=device, verbose=verbose)
             ctrl.fit_affinity(train, device=device)
             self.teacher = frozen_copy(ctrl.anchor)
         self.fit_after_stage0(ctrl, train, val, device=device, verbose=verbose, supernet=self.anchor_from is None)
-        self.train_seconds = time.time() - start
+        self.train_seconds = time.time() - start + self._carried_seconds
 
     def fit_after_stage0(self, ctrl: dymu.Controller, train, val, *, device, verbose=True, supernet: bool = True) -> None:
         """Train ``ctrl`` (stage 0 and its affinity done) through the supernet stage (when ``supernet`` and it
         has steps), the edge and the weight hypernet (when used and it has steps) of :attr:`steps`; it becomes
         :attr:`controller`."""
         if supernet and self.steps.supernet > 0:
-            ctrl.fit_supernet(train, val, config=replace(self.supernet_config, steps=self.steps.supernet),
-                              device=device, verbose=verbose)
-        ctrl.fit_edge(train, val, config=replace(self.edge_config, steps=self.steps.edge), device=device, verbose=verbose)
+            self._stage("supernet", ctrl.fit_supernet, train, val, config=replace(self.supernet_config, steps=self.steps.supernet),
+                        device=device, verbose=verbose)
+        self._stage("edge", ctrl.fit_edge, train, val, config=replace(self.edge_config, steps=self.steps.edge), device=device,
+                    verbose=verbose)
         if self.use_weight_hypernet and self.steps.weights > 0:
-            ctrl.fit_weights(train, val, config=replace(self.weight_config, steps=self.steps.weights), device=device, verbose=verbose)
+            self._stage("weights", ctrl.fit_weights, train, val, config=replace(self.weight_config, steps=self.steps.weights),
+                        device=device, verbose=verbose)
         self.controller = ctrl
 
     def stage0_streams(self) -> dymu.anchor.AnchorNet:

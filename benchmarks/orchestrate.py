@@ -463,6 +463,8 @@ class BenchmarkRun:
             job = len(self.clock.finished)
             started = self.clock.begin(job)
             method = self.make(name, seed, dymu_method, dymu_cost)
+            if isinstance(method, ControllerMethod):  # hours of training: an interrupted stage continues on --resume
+                method.checkpoint_stages(partial.stages_path(config, seed, name), resume=self.resume)
             train.set_epoch(0)  # the same batch order for every method, whichever ran before it in this process
             method.fit(train, val, device=self.device, verbose=True)
             fit_seconds = time.time() - started
@@ -489,6 +491,8 @@ class BenchmarkRun:
                 entry["train_seconds_all_preferences"] = method.train_seconds * len(self.preferences) / len(self.hs_index)
             if name == "static_tree":
                 entry.update(tree=method.tree.to_dict(), extra_share=method.extra_share)
+            if isinstance(method, ControllerMethod) and method.resumed_stages:
+                entry["resumed_stages"] = dict(method.resumed_stages)
             if name == "dymu" and method.teacher is not None:
                 entry["supernet_effect"] = supernet_effect(method.controller, method.teacher, test, self.device)
                 entry["stage0_digest"] = partial.stage0_digest(method.teacher)
@@ -502,6 +506,8 @@ class BenchmarkRun:
             self.summarise(seed)
             self.clock.end(job, started)
             self.write()
+            if isinstance(method, ControllerMethod):  # the finished entry and the saved controller supersede them
+                shutil.rmtree(partial.stages_path(config, seed, name), ignore_errors=True)
 
     def dynamic_settings(self, method: ControllerMethod, seed: int) -> None:
         """The controller's settings (the same for every seed) and, from the first seed's, the plot views."""

@@ -49,7 +49,7 @@ from dymu.checkpoint import atomic_torch_save
 
 from .config import C_ONLY, RunConfig
 
-__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "read_seeds", "same_stage0", "check_stage0", "stage0_digest", "stage0_record", "results_path", "state_dir",
+__all__ = ["IGNORED_FIELDS", "AFTER_STAGE0", "split_only", "read_baselines", "read_seeds", "same_stage0", "check_stage0", "stage0_digest", "stage0_record", "results_path", "state_dir", "stages_path",
            "state_dir_of", "results_file_of", "controller_path", "teacher_path", "teacher_file", "config_differences", "read_partial", "finished_entries", "save_controller_method", "load_controller_method"]
 
 #: RunConfig fields a resumed run may change, and why: none of them changes a number of a finished entry
@@ -97,6 +97,12 @@ def results_file_of(saved: str | Path) -> Path:
 
 def controller_path(config: RunConfig, seed: int) -> Path:
     return state_dir(config) / f"seed{seed}-dymu.pt"
+
+
+def stages_path(config: RunConfig, seed: int, method: str = "dymu") -> Path:
+    """``OUT/<stem>-state/seed{N}-{method}-stages/``: the resume checkpoints of a controller's stages while it trains
+    (removed once its entry is finished: the saved controller holds what they held)."""
+    return state_dir(config) / f"seed{seed}-{method}-stages"
 
 
 def teacher_path(config: RunConfig, seed: int) -> Path:

@@ -10,7 +10,10 @@ Usage::
 Writes ``OUT/NAME.json`` (``OUT/NAME-quick.json`` in quick mode; rewritten after every method) and PNG plots
 beside it, prints progress (method, seed, ETA) on stderr and a markdown table of the results on stdout. Each
 seed's trained controller is saved in ``OUT/NAME-state/``; ``--resume`` continues an interrupted run from
-both, keeping its finished (seed, method) entries (each says the commit it ran on and when it finished).
+both, keeping its finished (seed, method) entries (each says the commit it ran on and when it finished). A
+controller interrupted while it trains continues too: its stages checkpoint into ``OUT/NAME-state/seed{N}-dymu-stages/``
+every 50 steps, so a resumed run loads the finished stages and continues the interrupted one where its last checkpoint
+left it, to the numbers of an uninterrupted run (the entry's ``resumed_stages`` says where each stage continued).
 Seeds may run as separate processes (one per core) and be gathered into one file by a run over all of them::
 
     python -m benchmarks.run fashion_digits --full --seeds 1 --out r1     # on one core

@@ -307,6 +307,10 @@ class TrainLoop:
         saved = self._resume()
         before = 0.0 if saved is None else float(saved["seconds"])
         if saved is not None and saved["finished"]:
+            # draw what the stage drew: a source whose order moves on with every pass (TensorLoader's epochs) then
+            # gives the later stages the batches they get after an uninterrupted stage
+            for _ in range(int(saved["drawn"])):
+                cursor.next()
             return LoopResult(self.history, self.log, before, saved["step"])
         done = 0 if saved is None else int(saved["step"])
         for _ in range(0 if saved is None else int(saved["drawn"])):

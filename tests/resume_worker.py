@@ -56,13 +56,14 @@ def main(out_dir: str, checkpoints: str, resume: bool) -> None:
     }
     ctrl.fit_affinity(tiny_batches(3, n_batches=2, batch=16, seed=0), n_samples=32, calibration_samples=16)
     if not distributed:  # the supernet stage runs in one process
-        results["supernet"] = ctrl.fit_supernet(train, val, config=dymu.SupernetConfig(steps=STEPS, eval_every=EVERY, solo=True), **saving)
+        results["supernet"] = ctrl.fit_supernet(train, val, config=dymu.SupernetConfig(steps=STEPS, eval_every=EVERY, solo=True,
+                                                                                   own_trees=(0.0,)), **saving)
     results["edge"] = ctrl.fit_edge(train, val, steps=STEPS, config=dymu.EdgeConfig(eval_every=EVERY), **saving)
     results["weights"] = ctrl.fit_weights(train, val, steps=STEPS, config=dymu.WeightConfig(eval_every=EVERY), **saving)
     for result in results.values():
         result.pop("seconds")
     torch.save({
-        "state": {part: getattr(ctrl, part).state_dict() for part in ("anchor", "edge", "weight", "solo")
+        "state": {part: getattr(ctrl, part).state_dict() for part in ("anchor", "edge", "weight", "solo", "own_trees")
                   if getattr(ctrl, part) is not None},
         "resumed_at": {stage: result.pop("resumed_at") for stage, result in results.items()},
         "results": results,

@@ -11,6 +11,7 @@ import torch
 from benchmarks import run
 from benchmarks.baselines import PHN, HardSharing
 from benchmarks.methods import ControllerMethod, SingleTask
+from dymu import Controller
 from dymu.data import write_synthetic_sources
 
 STEM = "multifashion-quick-custom"
@@ -321,3 +322,29 @@ def test_a_run_on_another_thread_count_is_not_continued():
     one, two = (make_config("fashion_digits", "full", threads=n).as_dict() for n in (1, 2))
     assert [d.split(" ")[0] for d in config_differences(one, two)] == ["threads"]
     assert config_differences(one, dict(one, out="elsewhere", plots=False)) == []
+
+
+def test_a_controller_interrupted_between_stages_continues_from_its_stage_checkpoints(tmp_path, monkeypatch):
+    root = write_synthetic_sources(tmp_path / "sources", n_train=120, n_test=60, digits_per_class=12)
+    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+    argv = ("--methods", "dymu", "--supernet-steps", "2")
+    assert run.main(_argv(root, whole, *argv)) == 0
+
+    def killed_in_stage1(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed in stage 1")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Controller, "fit_edge", killed_in_stage1)
+        with pytest.raises(KeyboardInterrupt):
+            run.main(_argv(root, interrupted, *argv))
+    stages = interrupted / f"{STEM}-state" / "seed0-dymu-stages"
+    assert sorted(p.name for p in stages.iterdir()) == ["anchor.pt", "supernet.pt"]
+
+    assert run.main(_argv(root, interrupted, *argv, "--resume")) == 0
+    assert not stages.exists()  # the saved controller supersedes them
+    done, resumed = (json.loads((out / f"{STEM}.json").read_text()) for out in (whole, interrupted))
+    entry = resumed["methods"]["dymu"]["per_seed"][0]
+    assert entry["resumed_stages"] == {"anchor": 2, "supernet": 2}  # both loaded finished (2 steps each), not retrained
+    assert "resumed_stages" not in done["methods"]["dymu"]["per_seed"][0]
+    assert resumed["methods"]["dymu"]["records"] == done["methods"]["dymu"]["records"]
+    assert resumed["methods"]["single_task"]["records"] == done["methods"]["single_task"]["records"]

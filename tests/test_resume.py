@@ -102,20 +102,31 @@ def _controller() -> dymu.Controller:
     return dymu.Controller(dymu.backbones.lenet(width_mult=0.25), tiny_tasks(3), seed=0)
 
 
-class _Untouchable:
+class _Counting:
+    """``batches``, counting the batches drawn and the passes started."""
+
+    def __init__(self, batches):
+        self.batches, self.drawn, self.passes = batches, 0, 0
+
     def __iter__(self):
-        raise AssertionError("a finished stage must not draw training data")
+        self.passes += 1
+        for batch in self.batches:
+            self.drawn += 1
+            yield batch
 
 
 def test_a_finished_stage_is_loaded_not_retrained(tmp_path):
-    data = tiny_batches(3, n_batches=2)
-    first = _controller()
-    done = first.fit_anchor(data, data, config=dymu.AnchorConfig(steps=4, eval_every=2), checkpoint=tmp_path, verbose=False)
+    data = tiny_batches(3, n_batches=3)
+    first, trained = _controller(), _Counting(data)
+    done = first.fit_anchor(trained, data, config=dymu.AnchorConfig(steps=4, eval_every=2), checkpoint=tmp_path, verbose=False)
     assert done["resumed_at"] == 0 and (tmp_path / "anchor.pt").is_file()
-    second = _controller()
-    again = second.fit_anchor(_Untouchable(), data, config=dymu.AnchorConfig(steps=4, eval_every=2), checkpoint=tmp_path,
+    second, loaded = _controller(), _Counting(data)
+    again = second.fit_anchor(loaded, data, config=dymu.AnchorConfig(steps=4, eval_every=2), checkpoint=tmp_path,
                               resume=True, verbose=False)
     assert again["resumed_at"] == 4 and again["history"] == done["history"] and again["best"] == done["best"]
+    # the loaded stage draws what the trained one drew (4 batches, 2 passes begun) and trains on none of them: a
+    # source whose order moves on with each pass (TensorLoader) is left where the uninterrupted stage left it
+    assert (loaded.drawn, loaded.passes) == (trained.drawn, trained.passes) == (4, 2)
     for key, tensor in first.anchor.state_dict().items():
         assert torch.equal(tensor, second.anchor.state_dict()[key]), key
     assert torch.equal(first.loss_scales, second.loss_scales)
