@@ -68,10 +68,13 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
         # fashion_digits-measured-a.json, the highest score where no candidate clears the control bars; solo
         # streams: fashion_digits-solo-a.json; the longer supernet stage on the nested affinity trees:
         # fashion_digits-family-drawn.json against -solo-long.json and -family.json; four budget trees per step:
-        # fashion_digits-family-4trees.json; benchmarks/results/family ran the two-tree preset before it)
+        # fashion_digits-family-4trees.json; benchmarks/results/family ran the two-tree preset before it; one own tree
+        # per task at the minimum budget: fashion_digits-own-min-1t.json against -family4-here.json, one stage 0;
+        # benchmarks/results/family4 ran the preset before it)
         "full": {"seeds": [0, 1, 2], "steps": (600, 50, 25), "supernet_steps": 875, "n_preferences": None, "hs_preferences": 5,
                  "supernet_config": {"lr": 1e-3, "distill": "none", "solo": True, "anchor_weight": 0.1, "budget_trees": 4,
-                                     "tree_family": "affinity", "family_one_stream": "drawn"},
+                                     "tree_family": "affinity", "family_one_stream": "drawn", "own_trees": [0.0],
+                                     "own_groups": 6, "own_min_share": 0.8},
                  "edge_config": {"warm_start": "measured", "path_samples": 1000},
                  "test_examples": 3000, "cost_preferences": 1000, "val_examples": 3000},
     },

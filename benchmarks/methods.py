@@ -142,6 +142,9 @@ class ControllerMethod(Method):
         #: stage -> the step its checkpoint was continued from (the stage's steps: loaded finished)
         self.resumed_stages: dict[str, int] = {}
         self._carried_seconds = 0.0
+        #: called with this method once stage 0 is trained (its :attr:`teacher` set), before any later stage: a check
+        #: that must fail before hours of training rather than after them
+        self.after_stage0: Callable[[ControllerMethod], None] | None = None
 
     def checkpoint_stages(self, folder: str | Path, *, resume: bool) -> None:
         """Write each stage's resume checkpoint into ``folder`` (``anchor.pt``, ``supernet.pt``, ``edge.pt``,
@@ -180,6 +183,8 @@ class ControllerMethod(Method):
             self._stage("anchor", ctrl.fit_anchor, train, val, steps=self.steps.anchor, device=device, verbose=verbose)
             ctrl.fit_affinity(train, device=device)
             self.teacher = frozen_copy(ctrl.anchor)
+            if self.after_stage0 is not None:
+                self.after_stage0(self)
         self.fit_after_stage0(ctrl, train, val, device=device, verbose=verbose, supernet=self.anchor_from is None)
         self.train_seconds = time.time() - start + self._carried_seconds
 

@@ -408,8 +408,9 @@ class BenchmarkRun:
         """With baselines from another file: the streams this run's stage 0 trained must be the ones that file's
         baselines were trained from: its saved teacher, bit for bit; where that is gone, the SHA-256 it recorded
         (:func:`benchmarks.partial.stage0_digest`); in a file from before the digest, the stage-0 anchor tree's per-task
-        test losses it recorded (``supernet_effect``), float for float, measured here on ``test`` as there. A ValueError
-        otherwise, before the controller is saved or evaluated. How it was checked goes into the ``resumed`` record."""
+        test losses it recorded (``supernet_effect``), float for float, measured here on ``test`` as there. Called as soon
+        as stage 0 is trained (:attr:`ControllerMethod.after_stage0`): a ValueError then, before the later stages train.
+        How it was checked goes into the ``resumed`` record."""
         if self.baselines_from is None or method.teacher is None or seed not in self.taken_seeds:
             return
         path, teacher = self.baselines_from, method.teacher.eval()
@@ -465,12 +466,13 @@ class BenchmarkRun:
             method = self.make(name, seed, dymu_method, dymu_cost)
             if isinstance(method, ControllerMethod):  # hours of training: an interrupted stage continues on --resume
                 method.checkpoint_stages(partial.stages_path(config, seed, name), resume=self.resume)
+            if name == "dymu":  # the taken baselines' stage 0, checked before the stages after it train
+                method.after_stage0 = lambda trained, seed=seed: self.check_stage0(trained, seed, test)
             train.set_epoch(0)  # the same batch order for every method, whichever ran before it in this process
             method.fit(train, val, device=self.device, verbose=True)
             fit_seconds = time.time() - started
             if name == "dymu":
                 dymu_method = method
-                self.check_stage0(method, seed, test)
                 partial.save_controller_method(method, config, seed)
                 self.dynamic_settings(method, seed)
             settings = protocol.settings_for(method)[0]

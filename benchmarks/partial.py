@@ -229,8 +229,10 @@ def check_stage0(teacher: torch.nn.Module | str | Path, path: str | Path, old: M
         if "digest" in record:
             how, same = "their SHA-256 recorded in the file", lambda: stage0_digest(teacher) == record["digest"]
         elif "test_losses" in record and test_losses is not None:
-            how = "their anchor tree's per-task test losses recorded in the file, float for float"
-            same = lambda: [float(v) for v in test_losses()] == record["test_losses"]  # noqa: E731
+            mine = [float(v) for v in test_losses()]
+            how = (f"their anchor tree's per-task test losses recorded in the file, float for float: {record['test_losses']} "
+                   f"there, {mine} here")
+            same = lambda: mine == record["test_losses"]  # noqa: E731
         else:
             raise FileNotFoundError(f"--baselines-from: neither {saved} nor a record of seed {seed}'s stage-0 streams in "
                                     f"{path} to check them by: this run's stage 0 cannot be checked")
