@@ -4,7 +4,7 @@ Usage::
 
     python -m benchmarks.reprint benchmarks/results/supernet/fashion_digits.json
     python -m benchmarks.reprint benchmarks/results/longer-supernet/fashion_digits.json --paths digit budget=0.6
-    python -m benchmarks.reprint benchmarks/results/own-min/fashion_digits.json --against benchmarks/results/family4/fashion_digits.json --labels own-min preset
+    python -m benchmarks.reprint benchmarks/results/family4/fashion_digits.json --against benchmarks/results/family/fashion_digits.json --labels four two
 
 The run itself prints the same table when it ends (:func:`benchmarks.protocol.format_markdown`); this
 prints it again from the file, with the targets of the current :mod:`benchmarks.protocol.targets` (for a

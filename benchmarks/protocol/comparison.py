@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .report import lowest_task
+
 __all__ = ["format_comparison", "shared_baselines"]
 
 
@@ -26,15 +28,9 @@ def _pair(a: float | None, b: float | None, spec: str, scale: float = 1.0) -> st
     return f"{one(a)} / {one(b)}"
 
 
-def _lowest(setting: Mapping[str, Any]) -> str:
-    per_task = [(_mean(v), k) for k, v in (setting.get("controllability_per_task") or {}).items()]
-    defined = [(v, k) for v, k in per_task if v is not None]
-    return "–" if not defined else f"{min(defined)[1]} {min(defined)[0]:.2f}"
-
-
 def _control(setting: Mapping[str, Any]) -> str:
     value = _mean(setting.get("controllability"))
-    return "–" if value is None else f"{value:.3f} ({_lowest(setting)})"
+    return "–" if value is None else f"{value:.3f} ({lowest_task(setting)})"
 
 
 def shared_baselines(first: Mapping[str, Any], second: Mapping[str, Any]) -> tuple[list[str], list[str]]:

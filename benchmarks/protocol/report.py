@@ -199,9 +199,7 @@ def _control_table(results: dict[str, Any]) -> list[str]:
                  "wins vs static tree of ≤ FLOPs | Σ r L/L_single: dymu / static |", "|---|---|---|---|---|---|---|---|"]
     for s in budgets:
         m = dymu["settings"][s]
-        per_task = {k: v.get("mean") for k, v in (m.get("controllability_per_task") or {}).items()}
-        lowest = [(v, k) for k, v in per_task.items() if v is not None]
-        low = f"{min(lowest)[1]} {min(lowest)[0]:.2f}" if lowest else "–"
+        low = lowest_task(m)
         fallback = (m.get("fallback_fraction") or {}).get("mean")
         w = wins.get(s)
         win = f"{100 * w['win_fraction']['mean']:.0f}%" if w and w["win_fraction"].get("mean") is not None else "–"
@@ -209,6 +207,14 @@ def _control_table(results: dict[str, Any]) -> list[str]:
         lines.append(f"| {s} | {_pm(m['controllability'], '.3f')} | {low} | {_pm(m.get('distinct_trees'), '.1f')} | "
                      f"{'–' if fallback is None else f'{100 * fallback:.0f}'} | {_pm(m['mean_flops'], '.2f', 1e-6)} | {win} | {losses} |")
     return lines
+
+
+def lowest_task(setting: dict[str, Any]) -> str:
+    """The task of lowest controllability in one setting's summary, as printed (``"digit 0.35"``; ``–`` when none is
+    defined)."""
+    per_task = [(v.get("mean"), k) for k, v in (setting.get("controllability_per_task") or {}).items()]
+    defined = [(v, k) for v, k in per_task if v is not None]
+    return f"{min(defined)[1]} {min(defined)[0]:.2f}" if defined else "–"
 
 
 def _supernet_table(results: dict[str, Any]) -> list[str]:
