@@ -23,7 +23,7 @@ from .solo import solo_tasks
 if TYPE_CHECKING:
     from .path_losses import PathLosses
 
-__all__ = ["CostTable", "shrink_to_budget", "merged_anchor", "fill_budget", "priced_rise", "price_weights"]
+__all__ = ["CostTable", "shrink_to_budget", "merged_anchor", "fill_budget", "priced_rise", "tree_rises", "price_weights"]
 
 
 @dataclass(frozen=True)
@@ -210,9 +210,14 @@ def priced_rise(assignment: Sequence[Sequence[int]], preference: Sequence[float]
     """The measured search's price of a tree: ``sum_k (r_k + 0.1 / N) * rise_k(path_k)``, each task's relative loss
     increase on its path over its own stream (:meth:`PathLosses.rise`; a task alone on its own stream at its solo
     loss when the table has solo losses). The anchor tree without solo losses prices 0; lower is better."""
+    return _price(preference, tree_rises(assignment, path_losses))
+
+
+def tree_rises(assignment: Sequence[Sequence[int]], path_losses: PathLosses) -> np.ndarray:
+    """``[N]`` every task's measured relative loss increase on its path of ``assignment [L][N]`` over its own stream,
+    as :func:`priced_rise` prices them (a task alone on its own stream at its solo loss when the table has them)."""
     alone = set(solo_tasks(assignment))
-    return _price(preference, [path_losses.rise(k, [row[k] for row in assignment], k in alone)
-                               for k in range(len(assignment[0]))])
+    return np.array([path_losses.rise(k, [row[k] for row in assignment], k in alone) for k in range(len(assignment[0]))])
 
 
 def priced_own_tree(index: int, preference: Sequence[float], path_losses: PathLosses) -> float:
