@@ -184,19 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from . import protocol
     from .config import BENCHMARKS, make_config
-    from .options import add_saved_controller, saved_seed
+    from .options import add_saved_controller, checked_saved_controller
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.control_bound", description=__doc__.split("\n\n")[0])
     add_saved_controller(parser, BENCHMARKS, "the run's seed (recorded only: nothing is drawn)")
     parser.add_argument("--budgets", type=float, nargs="+", default=(0.4, 0.6), metavar="B",
                         help="budgets (fractions of the anchor's FLOPs, heads included; default: 0.4 0.6, the control bars')")
     args = parser.parse_args(argv)
-    bad = [b for b in args.budgets if not 0 < b <= 1]
-    if bad:
-        parser.error(f"--budgets must lie in (0, 1], got {bad}")
-    if not args.controller.is_file():
-        parser.error(f"no controller file at {args.controller}")
-    saved_seed(parser, args.controller, args.seed)
+    checked_saved_controller(parser, args, args.budgets, "--budgets")
     config = make_config(args.benchmark, args.mode or "quick")
     bench = build_benchmark(args.benchmark, config.data_seed, config.limit, config.data_root)
     ctrl = dymu.load(args.controller, tasks=bench.tasks())

@@ -292,3 +292,15 @@ def saved_seed(parser: argparse.ArgumentParser, controller: str | os.PathLike, s
     if seed is not None and named is not None and seed != named:
         parser.error(f"--seed {seed} but the controller file {controller} is seed {named}'s")
     return seed if seed is not None else (named if named is not None else 0)
+
+
+def checked_saved_controller(parser: argparse.ArgumentParser, args: argparse.Namespace, budgets: Iterable[float],
+                             flag: str) -> int:
+    """The run's seed of the controller file of :func:`add_saved_controller`'s arguments (:func:`saved_seed`); the
+    parser stops on a budget of ``flag`` outside (0, 1] or a missing file."""
+    bad = [b for b in budgets if not 0 < b <= 1]
+    if bad:
+        parser.error(f"{flag} must lie in (0, 1], got {bad}")
+    if not args.controller.is_file():
+        parser.error(f"no controller file at {args.controller}")
+    return saved_seed(parser, args.controller, args.seed)

@@ -35,7 +35,7 @@ from . import protocol
 from .config import BENCHMARKS, make_config
 from .loaders import run_loaders
 from .methods import ControllerMethod
-from .options import add_saved_controller, saved_seed
+from .options import add_saved_controller, checked_saved_controller
 
 __all__ = ["foreign_rises", "planned_cost", "own_tree_share", "control_at_budgets", "main"]
 
@@ -77,12 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--control-budgets", type=float, nargs="+", default=(), metavar="B",
                         help="also measure controllability on validation at these budgets (fractions of the anchor's FLOPs)")
     args = parser.parse_args(argv)
-    bad = [b for b in args.control_budgets if not 0 < b <= 1]
-    if bad:
-        parser.error(f"--control-budgets must lie in (0, 1], got {bad}")
-    if not args.controller.is_file():
-        parser.error(f"no controller file at {args.controller}")
-    args.seed = saved_seed(parser, args.controller, args.seed)
+    args.seed = checked_saved_controller(parser, args, args.control_budgets, "--control-budgets")
     torch.set_num_threads(args.threads)
     config = make_config(args.benchmark, args.mode or "quick", seeds=[args.seed])
     bench = build_benchmark(args.benchmark, config.data_seed, config.limit, config.data_root)

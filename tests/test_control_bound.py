@@ -59,3 +59,15 @@ def test_control_bound_names_what_it_needs_when_no_path_losses_were_measured():
     prefs = np.random.default_rng(0).dirichlet(np.ones(3), size=4)
     with pytest.raises(ValueError, match="no measured path losses"):
         control_bound(ctrl, [0.6], prefs, prefs)
+
+
+def test_the_command_names_a_missing_controller_file_and_a_budget_outside_the_range(tmp_path, capsys):
+    from benchmarks.control_bound import main
+
+    missing = tmp_path / "seed0-dymu.pt"
+    with pytest.raises(SystemExit):
+        main([str(missing), "--benchmark", "fashion_digits", "--budgets", "0.5"])
+    assert f"no controller file at {missing}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(missing), "--benchmark", "fashion_digits", "--budgets", "0.5", "1.5"])
+    assert "--budgets must lie in (0, 1], got [1.5]" in capsys.readouterr().err
