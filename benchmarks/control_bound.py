@@ -47,19 +47,27 @@ Assignment = tuple[tuple[int, ...], ...]
 def tree_pool(ctrl: dymu.Controller, budget: float, preferences: np.ndarray) -> list[Assignment]:
     """Every tree that one of the controller's searches plans at ``budget`` for one of ``preferences [P, N]``, own
     trees left out, sorted; ``ctrl.search`` is left as it was."""
-    kept, pool = ctrl.search, set()
+    return _pool(_plans_by_search(ctrl, budget, preferences))
+
+
+def _plans_by_search(ctrl: dymu.Controller, budget: float, preferences: np.ndarray) -> dict[str, list]:
+    """``{search: [P] plans}`` of every search of the controller at ``budget``; ``ctrl.search`` is left as it was."""
+    kept, plans = ctrl.search, {}
     try:
         for search in SEARCHES:
             ctrl.search = search
             ctrl._invalidate()
-            for r in preferences:
-                plan = ctrl.planner.plan(np.asarray(r), budget)
-                if not plan.own_weights:
-                    pool.add(tuple(tuple(int(v) for v in row) for row in plan.tree.assignment))
+            plans[search] = [ctrl.planner.plan(np.asarray(r), budget) for r in preferences]
     finally:
         ctrl.search = kept
         ctrl._invalidate()
-    return sorted(pool)
+    return plans
+
+
+def _pool(plans: dict[str, list]) -> list[Assignment]:
+    """The sorted distinct trees of ``plans`` (:func:`_plans_by_search`), own trees left out."""
+    return sorted({tuple(tuple(int(v) for v in row) for row in plan.tree.assignment)
+                   for search_plans in plans.values() for plan in search_plans if not plan.own_weights})
 
 
 def weighted_loss_choice(rises: np.ndarray, preferences: np.ndarray) -> np.ndarray:
@@ -75,7 +83,8 @@ def weighted_loss_choice(rises: np.ndarray, preferences: np.ndarray) -> np.ndarr
 
 def _spearman_per_task(pref_ranks: np.ndarray, losses: np.ndarray) -> np.ndarray:
     """``[N]`` the rank correlation of each column of ``pref_ranks [P, N]`` with the negated ``losses [P, N]``; 0 where
-    the losses are constant."""
+    the losses are constant. The local search calls it for every trial, so the preferences' ranks come precomputed
+    (:func:`dymu.metrics.controllability_per_task` ranks both sides and warns on constant columns)."""
     from scipy.stats import rankdata
 
     perf = rankdata(-losses, axis=0)
@@ -140,9 +149,12 @@ def control_bound(ctrl: dymu.Controller, budgets: Sequence[float], evaluation: n
     weights = np.stack([price_weights(r) for r in evaluation])
     out = []
     for budget in budgets:
-        pool = tree_pool(ctrl, budget, np.vstack([evaluation, cost]))
+        # the controller's own plans are among its searches' plans: plan every request once
+        plans = _plans_by_search(ctrl, budget, np.vstack([evaluation, cost]))
+        pool = _pool(plans)
         rises = np.stack([tree_rises(a, table) for a in pool])
-        planned = [[ctrl.planner.plan(np.asarray(r), budget) for r in prefs] for prefs in (evaluation, cost)]
+        own_plans = plans[ctrl.search]
+        planned = (own_plans[:len(evaluation)], own_plans[len(evaluation):])
         by_loss = weighted_loss_choice(rises, evaluation)
         by_rank = most_control_choice(rises, evaluation, by_loss)
         chosen = {  # rule: (rises over the evaluation preferences, over the cost preferences, distinct trees)
@@ -169,14 +181,12 @@ def _plan_rises(plan, table) -> np.ndarray:
 
 
 def _text(control: tuple[float | None, list[float | None]] | None) -> str:
+    from .protocol import control_text
+
     if control is None:
         return "-"
     mean, per_task = control
-    return f"{_value(mean)} ({' / '.join(_value(v) for v in per_task)})"
-
-
-def _value(v: float | None) -> str:
-    return "undefined" if v is None else f"{v:.3f}"
+    return f"{control_text(mean)} ({' / '.join(control_text(v) for v in per_task)})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
