@@ -10,24 +10,28 @@ own trees left out, they run other weights), three rules:
 * ``planned``: the trees the controller plans (its chosen search);
 * ``weighted loss``: for each preference the pool's tree of lowest price (:func:`dymu.budget.priced_rise`, the
   measured searches' preference-weighted loss), which is what "favour the preferred tasks" asks of a tree;
+* ``weighted loss, r^p`` (``--sharpness p``): the same with the preference sharpened, task weights
+  ``r_k^p / sum_j r_j^p + 0.1 / N``: the obvious way to make a tree lean harder on the preferred tasks;
 * ``most control found``: the pool's trees chosen per preference to maximise the mean Spearman itself, by
   coordinate ascent from the weighted-loss choice (a local search: a lower bound on what a choice among the pool's
   trees can reach), with the price that choice pays.
 
 Each is measured over the benchmark's evaluation preferences (what the protocol's controllability averages over) and,
 for the first two, over the 1000 cost preferences (the same rule over more preferences: how much of the evaluation
-figure is its sample of 20). A task whose predicted loss does not change over the preferences counts 0 in the local
+figure is its sample of 20). Every rule's price is the searches' own (``p = 1``). A task whose predicted loss does not change over the preferences counts 0 in the local
 search's objective (it follows nothing) and is left out of the printed mean, as :func:`dymu.metrics.controllability`
 does.
 
 Usage (a controller a benchmark run saved, whose edge stage measured its path losses)::
 
     python -m benchmarks.control_bound benchmarks/results/split/fashion_digits-own-min-1t-state/candidate1.pt --benchmark fashion_digits --full --budgets 0.4 0.6
+    python -m benchmarks.control_bound CTRL.pt --benchmark fashion_digits --full --budgets 0.4 0.6 --sharpness 2 4
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -70,15 +74,22 @@ def _pool(plans: dict[str, list]) -> list[Assignment]:
                    for search_plans in plans.values() for plan in search_plans if not plan.own_weights})
 
 
-def weighted_loss_choice(rises: np.ndarray, preferences: np.ndarray) -> np.ndarray:
+def weighted_loss_choice(rises: np.ndarray, preferences: np.ndarray, sharpness: float = 1.0) -> np.ndarray:
     """``[P]`` for each preference of ``[P, N]`` the index of the tree of ``rises [T, N]`` (each task's relative loss
-    increase on each tree) of lowest price ``sum_k (r_k + 0.1 / N) rises[t, k]`` (:func:`dymu.budget.priced_rise`).
+    increase on each tree) of lowest price ``sum_k w_k rises[t, k]``, with ``w_k = r_k^p / sum_j r_j^p + 0.1 / N``
+    for ``p = sharpness``: at ``p = 1`` the searches' price (:func:`dymu.budget.priced_rise`); a larger ``p`` leans
+    harder on the preferred tasks.
 
-    >>> weighted_loss_choice(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[0.9, 0.1], [0.2, 0.8]])).tolist()
-    [0, 1]
+    >>> rises = np.array([[0.0, 1.0], [1.0, 0.0], [0.3, 0.3]])   # tree 2 serves both tasks fairly
+    >>> prefs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    >>> weighted_loss_choice(rises, prefs).tolist()
+    [0, 2, 1]
+    >>> weighted_loss_choice(rises, prefs, sharpness=4).tolist()   # 0.6 against 0.4 becomes 0.84 against 0.16
+    [0, 0, 1]
     """
-    prices = np.stack([price_weights(r) for r in preferences]) @ np.asarray(rises, dtype=np.float64).T
-    return np.argmin(prices, axis=1)
+    r = np.asarray(preferences, dtype=np.float64) ** float(sharpness)
+    weights = np.stack([price_weights(row / row.sum()) for row in r])
+    return np.argmin(weights @ np.asarray(rises, dtype=np.float64).T, axis=1)
 
 
 def _spearman_per_task(pref_ranks: np.ndarray, losses: np.ndarray) -> np.ndarray:
@@ -134,10 +145,12 @@ def _control(preferences: np.ndarray, rises: np.ndarray) -> tuple[float | None, 
     return (float(defined.mean()) if defined.size else None), [float(v) if np.isfinite(v) else None for v in per_task]
 
 
-def control_bound(ctrl: dymu.Controller, budgets: Sequence[float], evaluation: np.ndarray, cost: np.ndarray) -> list[dict]:
+def control_bound(ctrl: dymu.Controller, budgets: Sequence[float], evaluation: np.ndarray, cost: np.ndarray,
+                  sharpness: Sequence[float] = ()) -> list[dict]:
     """Per budget: ``{"budget", "pool" (trees), "rules": {rule: {"evaluation": (mean, per_task), "cost": (mean,
     per_task) or None, "price": mean price over the evaluation preferences, "trees": distinct trees over them}}}``
-    for the rules of the module docstring, from ``ctrl.path_losses``.
+    for the rules of the module docstring (a ``weighted loss, r^p`` rule for each ``p`` of ``sharpness``), from
+    ``ctrl.path_losses``.
 
     Raises:
         ValueError: the controller has no measured path losses.
@@ -162,6 +175,8 @@ def control_bound(ctrl: dymu.Controller, budgets: Sequence[float], evaluation: n
                         np.stack([_plan_rises(p, table) for p in planned[1]]),
                         len({(p.tree.assignment, p.own_weights) for p in planned[0]})),
             "weighted loss": (rises[by_loss], rises[weighted_loss_choice(rises, cost)], len(set(by_loss.tolist()))),
+            **{f"weighted loss, r^{p:g}": (rises[sharp], rises[weighted_loss_choice(rises, cost, p)], len(set(sharp.tolist())))
+               for p in sharpness for sharp in [weighted_loss_choice(rises, evaluation, p)]},
             "most control found": (rises[by_rank], None, len(set(by_rank.tolist()))),
         }
         rules = {name: {"evaluation": _control(evaluation, on_eval),
@@ -200,7 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_saved_controller(parser, BENCHMARKS, "the run's seed (recorded only: nothing is drawn)")
     parser.add_argument("--budgets", type=float, nargs="+", default=(0.4, 0.6), metavar="B",
                         help="budgets (fractions of the anchor's FLOPs, heads included; default: 0.4 0.6, the control bars')")
+    parser.add_argument("--sharpness", type=float, nargs="*", default=(), metavar="P",
+                        help="add a weighted-loss rule with preference weights r^P (renormalised) for each P > 0")
     args = parser.parse_args(argv)
+    bad = [p for p in args.sharpness if not (math.isfinite(p) and p > 0)]
+    if bad:
+        parser.error(f"--sharpness must be positive and finite, got {bad}")
     checked_saved_controller(parser, args, args.budgets, "--budgets")
     config = make_config(args.benchmark, args.mode or "quick")
     bench = build_benchmark(args.benchmark, config.data_seed, config.limit, config.data_root)
@@ -212,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluation = protocol.evaluation_preferences(n, config.n_preferences)
     cost = protocol.cost_preferences(n)
     try:
-        rows = control_bound(ctrl, args.budgets, evaluation, cost)
+        rows = control_bound(ctrl, args.budgets, evaluation, cost, args.sharpness)
     except ValueError as error:
         parser.error(str(error))
     print(f"predicted from the controller's measured path losses (validation; no model run), the {ctrl.search} search "

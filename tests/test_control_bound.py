@@ -41,16 +41,17 @@ def test_control_bound_predicts_from_the_path_losses_of_the_trees_within_the_bud
     pool = tree_pool(ctrl, tight, np.vstack([prefs, cost]))
     assert pool and all(ctrl.cost_table.tree_flops(a) <= tight * ctrl.cost_table.anchor_flops for a in pool)
     assert ctrl.search == "measured"
-    full, mid = control_bound(ctrl, [1.0, tight], prefs, cost)
+    full, mid = control_bound(ctrl, [1.0, tight], prefs, cost, sharpness=(3,))
     # budget 1: every search gives the anchor tree, whose losses are every task's own: nothing follows the preference
     assert full["pool"] == 1
     for rule in full["rules"].values():
         assert rule["evaluation"] == (None, [None, None, None]) and rule["trees"] == 1 and rule["price"] == 0.0
     rules = mid["rules"]
-    assert set(rules) == {"planned", "weighted loss", "most control found"} and rules["most control found"]["cost"] is None
+    assert list(rules) == ["planned", "weighted loss", "weighted loss, r^3", "most control found"]
+    assert rules["most control found"]["cost"] is None and rules["weighted loss, r^3"]["cost"] is not None
     # the weighted-loss rule picks the cheapest price among the pool, so it pays no more than the controller's plans
-    # (which are in the pool)
-    assert rules["weighted loss"]["price"] <= rules["planned"]["price"] + 1e-12
+    # (which are in the pool), nor than the sharpened rule, priced alike
+    assert rules["weighted loss"]["price"] <= min(rules["planned"]["price"], rules["weighted loss, r^3"]["price"]) + 1e-12
     assert rules["most control found"]["price"] >= rules["weighted loss"]["price"] - 1e-12
 
 
@@ -71,3 +72,6 @@ def test_the_command_names_a_missing_controller_file_and_a_budget_outside_the_ra
     with pytest.raises(SystemExit):
         main([str(missing), "--benchmark", "fashion_digits", "--budgets", "0.5", "1.5"])
     assert "--budgets must lie in (0, 1], got [1.5]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(missing), "--benchmark", "fashion_digits", "--budgets", "0.5", "--sharpness", "2", "-1"])
+    assert "--sharpness must be positive and finite, got [-1.0]" in capsys.readouterr().err
