@@ -5,7 +5,7 @@ A derived model's task losses are, to first order, those of its tasks' paths, wh
 (:mod:`dymu.path_losses`). So the controllability of any rule that maps a preference to a tree can be predicted from
 that table: rank each task's predicted loss against its preference over the preferences. Per budget, over a pool of
 trees (every tree any of the controller's searches plans at that budget for the evaluation and the cost preferences;
-own trees left out, they run other weights), three rules:
+own trees left out, they run other weights), four rules:
 
 * ``planned``: the trees the controller plans (its chosen search);
 * ``weighted loss``: for each preference the pool's tree of lowest price (:func:`dymu.budget.priced_rise`, the
@@ -17,15 +17,14 @@ own trees left out, they run other weights), three rules:
   trees can reach), with the price that choice pays.
 
 Each is measured over the benchmark's evaluation preferences (what the protocol's controllability averages over) and,
-for the first two, over the 1000 cost preferences (the same rule over more preferences: how much of the evaluation
-figure is its sample of 20). Every rule's price is the searches' own (``p = 1``). A task whose predicted loss does not change over the preferences counts 0 in the local
-search's objective (it follows nothing) and is left out of the printed mean, as :func:`dymu.metrics.controllability`
-does.
+all but the local search, over the 1000 cost preferences (the same rule over more preferences: how much of the
+evaluation figure is its sample of 20). Every rule is priced alike, at ``p = 1``. A task whose predicted loss does not
+change over the preferences counts 0 in the local search's objective (it follows nothing) and is left out of the
+printed mean, as :func:`dymu.metrics.controllability` does.
 
 Usage (a controller a benchmark run saved, whose edge stage measured its path losses)::
 
-    python -m benchmarks.control_bound benchmarks/results/split/fashion_digits-own-min-1t-state/candidate1.pt --benchmark fashion_digits --full --budgets 0.4 0.6
-    python -m benchmarks.control_bound CTRL.pt --benchmark fashion_digits --full --budgets 0.4 0.6 --sharpness 2 4
+    python -m benchmarks.control_bound benchmarks/results/preset-s0/fashion_digits-state/seed0-dymu.pt --benchmark fashion_digits --full --budgets 0.4 0.6 --sharpness 2 4
 """
 
 from __future__ import annotations
@@ -170,13 +169,14 @@ def control_bound(ctrl: dymu.Controller, budgets: Sequence[float], evaluation: n
         planned = (own_plans[:len(evaluation)], own_plans[len(evaluation):])
         by_loss = weighted_loss_choice(rises, evaluation)
         by_rank = most_control_choice(rises, evaluation, by_loss)
+        sharpened = {p: weighted_loss_choice(rises, evaluation, p) for p in sharpness}
         chosen = {  # rule: (rises over the evaluation preferences, over the cost preferences, distinct trees)
             "planned": (np.stack([_plan_rises(p, table) for p in planned[0]]),
                         np.stack([_plan_rises(p, table) for p in planned[1]]),
                         len({(p.tree.assignment, p.own_weights) for p in planned[0]})),
             "weighted loss": (rises[by_loss], rises[weighted_loss_choice(rises, cost)], len(set(by_loss.tolist()))),
-            **{f"weighted loss, r^{p:g}": (rises[sharp], rises[weighted_loss_choice(rises, cost, p)], len(set(sharp.tolist())))
-               for p in sharpness for sharp in [weighted_loss_choice(rises, evaluation, p)]},
+            **{f"weighted loss, r^{p:g}": (rises[choice], rises[weighted_loss_choice(rises, cost, p)], len(set(choice.tolist())))
+               for p, choice in sharpened.items()},
             "most control found": (rises[by_rank], None, len(set(by_rank.tolist()))),
         }
         rules = {name: {"evaluation": _control(evaluation, on_eval),
