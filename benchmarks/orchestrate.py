@@ -37,6 +37,7 @@ from dymu.data import build_benchmark
 from dymu.data.datasets import TensorLoader
 from dymu.results import write_json
 from dymu.training import EdgeConfig, WeightConfig
+from dymu.training_report import kept_states
 
 from . import partial, protocol
 from .config import ABLATIONS, C_ONLY, RunConfig
@@ -495,6 +496,8 @@ class BenchmarkRun:
                 entry.update(tree=method.tree.to_dict(), extra_share=method.extra_share)
             if isinstance(method, ControllerMethod) and method.resumed_stages:
                 entry["resumed_stages"] = dict(method.resumed_stages)
+            if isinstance(method, ControllerMethod) and method.controller is not None:
+                entry["kept_states"] = kept_states(method.controller.stages)
             if name == "dymu" and method.teacher is not None:
                 entry["supernet_effect"] = supernet_effect(method.controller, method.teacher, test, self.device)
                 entry["stage0_digest"] = partial.stage0_digest(method.teacher)

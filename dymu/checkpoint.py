@@ -24,7 +24,7 @@ from .tasks import Task
 if TYPE_CHECKING:
     from .controller import Controller
 
-__all__ = ["save_controller", "load_controller", "CheckpointError", "atomic_torch_save", "versions"]
+__all__ = ["save_controller", "load_controller", "read_checkpoint", "CheckpointError", "atomic_torch_save", "versions"]
 
 FORMAT = "dymu.controller/2"
 
@@ -68,7 +68,15 @@ def save_controller(ctrl: Controller, path: str | Path) -> Path:
     return atomic_torch_save({"format": FORMAT, "versions": versions(), **ctrl.state_dict()}, path)
 
 
-def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The contents of a controller checkpoint (:meth:`dymu.Controller.state_dict` plus the format tag and
+    versions), checked but not rebuilt into modules: what needs no task or backbone code reads this.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: a truncated, corrupt or foreign file, or one that lacks a controller's parts.
+    """
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
@@ -105,7 +113,7 @@ def load_controller(
     from .controller import Controller
 
     path = Path(path)
-    payload = _read(path, map_location)
+    payload = read_checkpoint(path, map_location)
     try:
         ctrl = Controller.from_state(payload, tasks=tasks, backbone=backbone)
     except ValueError as error:

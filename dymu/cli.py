@@ -24,6 +24,7 @@ _EPILOG = """\
 Typical use with your own tasks (full example in the README, "Train on your own tasks"):
   dymu train tiny.toml                                      # writes runs/tiny/{controller.pt,config.toml,results.json}
   dymu eval runs/tiny/controller.pt --pref 1 1 --pref 1 0 --budget 1 0.5
+  dymu info runs/tiny/controller.pt                         # what each training stage kept on validation
   dymu build runs/tiny/controller.pt --pref 0.7 0.3 --budget 0.6 --export model.pt2
   python -c "import torch; m = torch.export.load('model.pt2').module(); print(m(torch.rand(4, 1, 36, 36)))"
 Modules named as "module:attribute" are imported from PYTHONPATH and the current folder.
@@ -97,6 +98,14 @@ def _eval(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.checkpoint).with_name(f"eval-{args.split}.json"))
     write_json(out, {"split": args.split, "data": spec, "batches": len(data), **table.to_dict()})
     print(f"wrote {out}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .checkpoint import read_checkpoint
+    from .training_report import training_report
+
+    print(training_report(read_checkpoint(args.checkpoint)))
     return 0
 
 
@@ -200,6 +209,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--out", default=None, help="JSON file to write (default: eval-SPLIT.json beside the checkpoint)")
     ev.set_defaults(run=_eval)
+
+    info = sub.add_parser("info", help="what a saved controller is and what each training stage kept on validation",
+                          description="Print the controller's tasks and cost, then per stage its steps, time and the state "
+                          "its validation selection kept (its start, when training never beat it), and the searches' "
+                          "validation scores. Reads the file alone: no task code or data is needed.")
+    info.add_argument("checkpoint", help="a controller.pt")
+    info.set_defaults(run=_info)
 
     build = sub.add_parser("build", help="build one model: print its tree and cost, optionally export it",
                            description="Build the model for one preference and budget; --export writes a torch.export "

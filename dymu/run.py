@@ -184,9 +184,9 @@ def train_from_config(config: RunConfig | str | Path, *, verbose: bool = True, r
 
 
 def _peek(path: Path) -> dict[str, Any]:
-    from .checkpoint import _read
+    from .checkpoint import read_checkpoint
 
-    return _read(path, "cpu")
+    return read_checkpoint(path, "cpu")
 
 
 def load_run_controller(path: str | Path, map_location: str | torch.device = "cpu"):

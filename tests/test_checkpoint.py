@@ -82,6 +82,26 @@ def test_truncated_and_foreign_files_raise_clear_errors(tmp_path):
         dymu.load(tmp_path / "missing.pt", tasks=tiny_tasks(3))
 
 
+def test_dymu_info_reads_any_controller_file_and_names_a_bad_one(tmp_path, capsys):
+    from dymu import cli
+
+    ctrl = make_controller()  # custom tasks: dymu.load would need their code, the report does not
+    ctrl.stages["anchor"] = {"config": {"steps": 7}, "seconds": 3.0, "best_val": {"t0": {"loss": 0.5, "acc": 0.75}}}
+    ctrl.stages["weights"] = {"config": {"steps": 20}, "seconds": 90.0,
+                              "selection": {"best_step": 15, "best_score": 0.81, "history": [{"step": 15, "score": 0.81}]}}
+    path = ctrl.save(tmp_path / "c.pt")
+    assert cli.main(["info", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("controller: 3 tasks (") and f"minimum budget {ctrl.min_budget:.3f}" in lines[0]
+    assert "stage 0 (streams): 7 steps in 3 s; best validation: t0 acc 0.750" in lines
+    assert "weight hypernet: 20 steps in 1.5 min; kept step 15 of 20 (score 0.8100)" in lines
+    assert not any(line.startswith("edge hypernet") for line in lines)  # the fixture's randomised edge was never trained
+    (tmp_path / "notes.pt").write_text("hello")
+    for bad, message in (("notes.pt", "notes.pt is not a readable dymu checkpoint"), ("missing.pt", "no checkpoint at")):
+        assert cli.main(["info", str(tmp_path / bad)]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_weights_of_another_architecture_are_refused(tmp_path):
     path = make_controller(width=0.25).save(tmp_path / "narrow.pt")
     with pytest.raises(CheckpointError, match="do not fit"):

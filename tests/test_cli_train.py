@@ -112,7 +112,7 @@ def readme_commands() -> list[list[str]]:
     return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line.strip()]
 
 
-def test_train_build_export_on_own_tasks(tmp_path, monkeypatch):
+def test_train_build_export_on_own_tasks(tmp_path, monkeypatch, capsys):
     (tmp_path / "tinytasks.py").write_text(TASKS_MODULE)
     (tmp_path / "tiny.toml").write_text(CONFIG)
     train_cmd, build_cmd, run_cmd = readme_commands()
@@ -173,6 +173,14 @@ def test_train_build_export_on_own_tasks(tmp_path, monkeypatch):
     assert cli.main(["plot", "affinity", "out/controller.pt", "--out", "aff.png"]) == 0
     for name in ("front.png", "tree.png", "aff.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # what each stage kept, from the file alone (the report names every trained stage with its steps)
+    capsys.readouterr()
+    assert cli.main(["info", "out/controller.pt"]) == 0
+    report = capsys.readouterr().out
+    for stage, steps in (("stage 0 (streams)", 64), ("supernet", 32), ("edge hypernet", 40), ("weight hypernet", 20)):
+        assert f"\n{stage}: {steps} steps in " in report, report
+    assert "searches on validation (lower is better): " in report
 
 
 def test_train_resume_continues_a_killed_run_to_the_same_weights(tmp_path):

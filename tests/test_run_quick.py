@@ -74,6 +74,12 @@ def test_the_results_file_holds_every_required_field_for_every_method(tiny_run):
         assert len(effect[tree]["before"]) == len(effect[tree]["after"]) == 2
     assert effect["anchor"]["assignment"] == [[0, 1]] * 4 and len(set(effect["one_stream"]["assignment"][0])) == 1
     assert (out / "multifashion-quick-custom-supernet.png").is_file()
+    # what each validated stage kept, per seed, with the step counts the run gave it
+    kept = results["methods"]["dymu"]["per_seed"][0]["kept_states"]
+    assert {"supernet", "edge", "weights"} <= set(kept)
+    for stage in ("supernet", "edge", "weights"):
+        assert kept[stage]["steps"] == results["steps"][stage] and 0 <= kept[stage]["best_step"] <= kept[stage]["steps"]
+        assert kept[stage]["kept_start"] == (kept[stage]["best_step"] == 0)
     # the distilled trunk serves a hard-sharing network; cross-stitch runs a stream per task plus its units
     methods = results["methods"]
     assert set(methods["distilled_trunk"]["settings"]) == set(methods["cross_stitch"]["settings"]) == {"static"}

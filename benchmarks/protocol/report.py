@@ -114,6 +114,7 @@ def format_markdown(results: dict[str, Any]) -> str:
     lines += _provenance_lines(results)
     lines += _control_table(results)
     lines += _supernet_table(results)
+    lines += kept_states_lines(results)
     for title, key in (("Targets:", "targets"), ("Control targets:", "control_targets"),
                        ("Shared-node targets:", "shared_node_targets")):
         if key not in results:
@@ -235,6 +236,37 @@ def _supernet_table(results: dict[str, Any]) -> list[str]:
         cells = [f"{a:.4f} -> {b:.4f}" for a, b in zip(effect["anchor"]["before"], effect["anchor"]["after_supernet_alone"])]
         lines.append("| anchor tree, supernet alone (not served: solo streams run it) | " + " | ".join(cells) + " |")
     return lines
+
+
+def kept_states_lines(results: dict[str, Any]) -> list[str]:
+    """Per seed, what each validated stage of the controller kept (``kept_states`` of its entry; nothing for
+    files written before it was recorded): a stage that kept its start contributes nothing to the served models.
+
+    >>> entry = {"seed": 0, "kept_states": {"supernet": {"steps": 875, "best_step": 875, "kept_start": False},
+    ...          "weights": {"steps": 25, "best_step": 0, "kept_start": True},
+    ...          "search": {"chosen": "family", "scores": {"family": 0.807, "hypernet": 0.852}}}}
+    >>> print("\\n".join(kept_states_lines({"methods": {"dymu": {"per_seed": [entry]}}})))
+    <BLANKLINE>
+    Kept on validation by dymu's stages: seed 0: supernet step 875 of 875, weights its start (of 25: no adaptation); requests served by the family search
+    """
+    seeds = [e for e in (results.get("methods", {}).get("dymu") or {}).get("per_seed") or [] if e.get("kept_states")]
+    if not seeds:
+        return []
+    parts = []
+    for entry in seeds:
+        cells = []
+        for stage, kept in entry["kept_states"].items():
+            if stage == "search":
+                continue
+            if kept["kept_start"]:
+                why = ": no adaptation" if stage == "weights" else ""
+                cells.append(f"{stage} its start (of {kept['steps']}{why})")
+            else:
+                cells.append(f"{stage} step {kept['best_step']} of {kept['steps']}")
+        search = entry["kept_states"].get("search") or {}
+        served = f"; requests served by the {search['chosen']} search" if search.get("chosen") else ""
+        parts.append(f"seed {entry['seed']}: " + ", ".join(cells) + served)
+    return ["", "Kept on validation by dymu's stages: " + "; ".join(parts)]
 
 
 def _short(value: Any) -> str:
