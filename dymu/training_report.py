@@ -7,7 +7,8 @@ the search chosen on validation and no adaptation was applied. Reading the saved
 controller, makes the report work on any checkpoint, with the user's own tasks or without their code.
 
 >>> state = {"tasks": ["a", "b"], "backbone_arch": "lenet", "n_layers": 2, "control": "budget", "search": "measured",
-...          "cost_table": {"block_flops": [10, 20], "head_flops": [5, 5]},
+...          "cost_table": {"block_flops": [10, 20], "head_flops": [5, 5], "block_params": [1, 2], "head_params": [1, 1],
+...                         "input_shape": [1, 8, 8]},
 ...          "stages": {"anchor": {"config": {"steps": 100}, "seconds": 30.0,
 ...                                "best_val": {"a": {"loss": 0.41, "acc": 0.85}, "b": {"loss": 0.02}}},
 ...                     "edge": {"config": {"steps": 50}, "seconds": 90.0,
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from .budget import CostTable
 
 __all__ = ["training_report", "kept_states"]
 
@@ -127,13 +130,12 @@ def training_report(state: Mapping[str, Any]) -> str:
     """
     tasks = list(state.get("tasks") or [])
     lines = []
-    table = state.get("cost_table") or {}
-    blocks, heads = list(table.get("block_flops") or []), list(table.get("head_flops") or [])
     cost = ""
-    if blocks and tasks:
-        anchor, minimum = len(tasks) * sum(blocks) + sum(heads), sum(blocks) + sum(heads)
+    if state.get("cost_table"):
+        table = CostTable.from_dict(state["cost_table"])
+        anchor = table.anchor_flops
         flops = f"{anchor / 1e6:.2f} MFLOPs" if anchor >= 1e5 else f"{anchor} FLOPs"
-        cost = f"; anchor {flops}, minimum budget {minimum / anchor:.3f} (one stream and the heads)"
+        cost = f"; anchor {flops}, minimum budget {table.min_budget:.3f} (one stream and the heads)"
     control = f"; control by {state['control']}" if state.get("control") else ""
     lines.append(f"controller: {len(tasks)} tasks ({', '.join(tasks)}), backbone {state.get('backbone_arch', '?')}, "
                  f"{state.get('n_layers', '?')} blocks{cost}{control}")
